@@ -1,0 +1,266 @@
+"""The App: job registry, broker, signal bus and middleware, with no globals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, overload
+
+from . import signals as sig
+from .brokers import Broker, DeadLetter, Message, QueueStats, Selector, open_broker
+from .brokers.factory import broker_class
+from .errors import UnknownJob
+from .job import DEFAULT_MAX_MESSAGE_SIZE, Job, check_json, encode, new_id
+from .middleware import Middleware
+from .portal import Portal
+from .registry import JobDef, JobFunction, SendOptions, check_name, make_definition
+from .retry import BackoffLike
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_URL = "sqlite:///conveyor.db"
+URL_ENV = "CONVEYOR_BROKER_URL"
+
+
+class App:
+    """A conveyor application.
+
+    ``url`` picks the broker (``memory://``, ``sqlite:///file.db``, ``redis://``,
+    ``postgresql://``). When omitted, ``$CONVEYOR_BROKER_URL`` is used, and then
+    ``sqlite:///conveyor.db``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        middleware: Iterable[Middleware] = (),
+    ) -> None:
+        self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        self._broker_cls = broker_class(self.url)  # fails fast on a bad URL or missing extra
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        self.max_message_size = max_message_size
+        self.bus = sig.Bus()
+        self.middleware: list[Middleware] = list(middleware)
+        self.registry: dict[str, JobDef] = {}
+        self._portal = Portal()
+        self._lock = threading.Lock()
+        self._shared: Broker | None = None
+        self._per_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Broker]] = {}
+
+    def __repr__(self) -> str:
+        return f"App({self.url!r}, jobs={len(self.registry)})"
+
+    # -- registry -----------------------------------------------------------
+    @overload
+    def job(self, fn: Callable[P, R], /) -> JobFunction[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int = 3,
+        timeout: float | timedelta | None = None,
+        backoff: BackoffLike | None = None,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] = (Exception,),
+        priority: int = 0,
+    ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
+
+    def job(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        max_attempts: int = 3,
+        timeout: float | timedelta | None = None,
+        backoff: BackoffLike | None = None,
+        retry_on: tuple[type[BaseException], ...] | type[BaseException] = (Exception,),
+        priority: int = 0,
+    ) -> JobFunction[P, R] | Callable[[Callable[P, R]], JobFunction[P, R]]:
+        """Register a sync or async function as a job type.
+
+        ``name`` defaults to ``module.qualname``. Exceptions outside ``retry_on``
+        are not retried; ``backoff`` is a :class:`~conveyor.Backoff` or a
+        function of the attempt number returning seconds.
+        """
+
+        def register(f: Callable[P, R]) -> JobFunction[P, R]:
+            retry = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+            definition = make_definition(
+                f, name=name, queue=queue, max_attempts=max_attempts, timeout=timeout,
+                backoff=backoff, retry_on=retry, priority=priority,
+            )
+            if definition.name in self.registry:
+                from .errors import ConfigError
+
+                raise ConfigError(f"job {definition.name!r} is already registered")
+            self.registry[definition.name] = definition
+            return JobFunction(self, definition)
+
+        return register(fn) if fn is not None else register
+
+    def definition(self, name: str) -> JobDef:
+        try:
+            return self.registry[name]
+        except KeyError:
+            known = ", ".join(sorted(self.registry)) or "none"
+            raise UnknownJob(f"unknown job {name!r}; registered jobs: {known}") from None
+
+    # -- building and sending ----------------------------------------------
+    def build(
+        self, definition: JobDef, args: Sequence[Any], kwargs: dict[str, Any], opts: SendOptions
+    ) -> Job:
+        """Validate arguments and build a :class:`Job` ready to send."""
+        check_json(args, "args")
+        check_json(kwargs, "kwargs")
+        now = time.time()
+        job = Job(
+            id=new_id(),
+            type=definition.name,
+            queue=opts.queue or definition.queue,
+            args=list(args),
+            kwargs=dict(kwargs),
+            max_attempts=opts.max_attempts or definition.policy.max_attempts,
+            priority=definition.priority if opts.priority is None else opts.priority,
+            created_at=now,
+            scheduled_at=opts.due(now),
+        )
+        for mw in self.middleware:
+            mw.before_send(job)
+        return job
+
+    def message(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Job:
+        """Build a job of a registered type by name (as the CLI does)."""
+        opts = SendOptions(delay=delay, queue=queue, priority=priority)
+        return self.build(self.definition(name), args, kwargs or {}, opts)
+
+    def _encode(self, jobs: Sequence[Job]) -> list[Message]:
+        return [
+            Message(
+                j.id, j.queue, j.type, encode(j, self.max_message_size), j.priority,
+                j.scheduled_at, j.created_at,
+            )
+            for j in jobs
+        ]
+
+    async def send_jobs_async(self, jobs: Iterable[Job]) -> list[str]:
+        """Enqueue built jobs atomically (one batch); return their ids."""
+        batch = list(jobs)
+        messages = self._encode(batch)
+        broker = await self.broker()
+        await broker.enqueue(messages)
+        if self.bus.wants(sig.JOB_ENQUEUED):
+            for job in batch:
+                self.bus.emit(
+                    sig.JOB_ENQUEUED, job_id=job.id, job_type=job.type, queue=job.queue,
+                    priority=job.priority, delay=max(0.0, job.scheduled_at - job.created_at),
+                )
+        return [j.id for j in batch]
+
+    def send_jobs(self, jobs: Iterable[Job]) -> list[str]:
+        """Sync form of :meth:`send_jobs_async`."""
+        return self._portal.call(self.send_jobs_async(jobs))
+
+    send_batch = send_jobs
+    send_batch_async = send_jobs_async
+
+    def emit(self, signal: sig.Signal, /, **attrs: Any) -> None:
+        """Emit a signal (built-in or your own) on this app's bus."""
+        self.bus.emit(signal, **attrs)
+
+    # -- broker access ------------------------------------------------------
+    async def broker(self) -> Broker:
+        """The connected broker for the running event loop."""
+        if self._shared is not None:
+            return self._shared
+        if not self._broker_cls.loop_bound:
+            with self._lock:
+                if self._shared is None:
+                    self._shared = open_broker(self.url)
+                shared = self._shared
+            await shared.connect()
+            return shared
+        loop = asyncio.get_running_loop()
+        task = self._per_loop.get(loop)
+        if task is None:
+            task = self._per_loop[loop] = loop.create_task(self._open())
+        return await task
+
+    async def _open(self) -> Broker:
+        broker = open_broker(self.url)
+        await broker.connect()
+        return broker
+
+    def run(self, coro_fn: Callable[[Broker], Any]) -> Any:
+        """Run ``await coro_fn(broker)`` from sync code (used by the CLI)."""
+
+        async def call() -> Any:
+            return await coro_fn(await self.broker())
+
+        return self._portal.call(call())
+
+    async def aclose(self) -> None:
+        """Close this loop's broker connection."""
+        loop = asyncio.get_running_loop()
+        task = self._per_loop.pop(loop, None)
+        if task is not None:
+            await (await task).close()
+
+    def close(self) -> None:
+        """Close every connection and stop the background loop."""
+        if self._portal._loop is not None:
+            self._portal.call(self.aclose())
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            asyncio.run(shared.close())
+        self._portal.stop()
+
+    # -- operations (sync facade used by the CLI and scripts) ---------------
+    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per-queue counts; registered queues are always listed."""
+        known = sorted({d.queue for d in self.registry.values()})
+
+        async def go(b: Broker) -> dict[str, QueueStats]:
+            found = await b.stats(queues)
+            if queues is None:
+                missing = [q for q in known if q not in found]
+                if missing:
+                    found.update(await b.stats(missing))
+            return dict(sorted(found.items()))
+
+        result: dict[str, QueueStats] = self.run(go)
+        return result
+
+    def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        if queue is not None:
+            check_name("queue", queue)
+        result: list[DeadLetter] = self.run(lambda b: b.dlq_list(queue, limit))
+        return result
+
+    def dlq_retry(self, selector: Selector) -> int:
+        result: int = self.run(lambda b: b.dlq_retry(selector))
+        return result
+
+    def dlq_purge(self, selector: Selector) -> int:
+        result: int = self.run(lambda b: b.dlq_purge(selector))
+        return result

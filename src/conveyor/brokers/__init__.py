@@ -1,0 +1,29 @@
+"""Brokers and the factory that picks one from a URL."""
+
+from .base import (
+    LEASE_EXPIRED,
+    MANUAL_RETRY,
+    WORKER_SHUTDOWN,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Failure,
+    Message,
+    QueueStats,
+    Selector,
+)
+from .factory import open_broker
+
+__all__ = [
+    "LEASE_EXPIRED",
+    "MANUAL_RETRY",
+    "WORKER_SHUTDOWN",
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "Failure",
+    "Message",
+    "QueueStats",
+    "Selector",
+    "open_broker",
+]

@@ -1,0 +1,184 @@
+"""The broker contract: one narrow interface every broker implements.
+
+A broker stores :class:`Message` envelopes whose ``body`` it never reads. It
+leases ready messages in priority order, tracks attempts, holds delayed
+messages until due, keeps dead letters with their reason, and gives back
+expired leases. Every method is a coroutine; see docs/brokers.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Reasons a message was delivered again, recorded on the next delivery.
+LEASE_EXPIRED = "lease_expired"
+WORKER_SHUTDOWN = "worker_shutdown"
+MANUAL_RETRY = "manual_retry"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What a broker stores: routing fields plus an opaque encoded body."""
+
+    id: str
+    queue: str
+    type: str
+    body: bytes
+    priority: int = 0
+    eta: float = 0.0
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A leased message. ``attempts`` includes this delivery."""
+
+    id: str
+    queue: str
+    type: str
+    body: bytes
+    attempts: int
+    lease_token: str
+    priority: int = 0
+    eta: float = 0.0
+    created_at: float = 0.0
+    redelivery: str = ""
+    """Why this is a redelivery (:data:`LEASE_EXPIRED`, ...); empty on a first delivery."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one queue. ``oldest_age_s`` is the age of the oldest ready message."""
+
+    ready: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+    oldest_age_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "delayed": self.delayed,
+            "in_flight": self.in_flight,
+            "dead": self.dead,
+            "oldest_age_s": round(self.oldest_age_s, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message in the dead-letter store, with why it is there."""
+
+    id: str
+    queue: str
+    type: str
+    body: bytes
+    attempts: int
+    reason: str
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    dead_at: float = 0.0
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The last error of a message, stored with a retry or a dead letter."""
+
+    type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass(slots=True)
+class Selector:
+    """Which dead letters a DLQ operation touches: all (optionally of one queue) or by id."""
+
+    ids: Sequence[str] = field(default_factory=tuple)
+    all: bool = False
+    queue: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.all and not self.ids:
+            raise ValueError("select dead letters by id, or pass all=True")
+
+
+class Broker(ABC):
+    """The contract every broker implements; the conformance suite in tests/contract checks it.
+
+    ``loop_bound`` brokers hold connections tied to one event loop; the app
+    opens one instance per loop. Others may be shared across loops and threads.
+    """
+
+    loop_bound: bool = False
+
+    async def connect(self) -> None:
+        """Open connections and create the schema if needed."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def enqueue(self, messages: Sequence[Message]) -> None:
+        """Store messages atomically; a message with ``eta`` in the future is delayed."""
+
+    @abstractmethod
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due messages from ``queues``.
+
+        Order: highest priority first, then earliest ``eta``, then enqueue order.
+        Each leased message's attempts grows by one.
+        """
+
+    @abstractmethod
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Delete finished messages. A delivery whose lease was lost is ignored."""
+
+    @abstractmethod
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+        """Return a message to its queue, due at ``retry_at``; attempts are kept."""
+
+    @abstractmethod
+    async def release(self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN) -> None:
+        """Give back messages that were leased but not started; the attempt does not count."""
+
+    @abstractmethod
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+        """Move a message to the dead-letter store with a machine-readable ``reason``."""
+
+    @abstractmethod
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
+        """Push the lease deadline of live deliveries ``visibility_timeout`` seconds ahead."""
+
+    @abstractmethod
+    async def rescue(self) -> list[str]:
+        """Return messages with expired leases to their queues; return their ids."""
+
+    @abstractmethod
+    async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per-queue counts: for ``queues``, or for every queue the broker knows."""
+
+    @abstractmethod
+    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    @abstractmethod
+    async def dlq_retry(self, selector: Selector) -> int:
+        """Move dead letters back to their queues with fresh attempts; return how many."""
+
+    @abstractmethod
+    async def dlq_purge(self, selector: Selector) -> int:
+        """Delete dead letters for good; return how many."""
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Wait until work may be ready or ``timeout`` passes. Brokers that can be
+        notified (LISTEN/NOTIFY, in-process events) return early."""
+        await asyncio.sleep(timeout)

@@ -1,0 +1,278 @@
+"""An in-process broker: fast, thread-safe, and gone when the process exits."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import uuid_utils
+
+from .base import (
+    LEASE_EXPIRED,
+    MANUAL_RETRY,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Failure,
+    Message,
+    QueueStats,
+    Selector,
+)
+
+
+@dataclass(slots=True)
+class _Record:
+    msg: Message
+    eta: float
+    seq: int
+    state: str = "ready"  # ready | delayed | leased | dead
+    attempts: int = 0
+    lease_until: float = 0.0
+    token: str = ""
+    redelivery: str = ""
+    failure: Failure | None = None
+    reason: str = ""
+    dead_at: float = 0.0
+
+
+class _Queue:
+    __slots__ = ("delayed", "ready")
+
+    def __init__(self) -> None:
+        self.ready: list[tuple[int, float, int, str]] = []  # (-priority, eta, seq, id)
+        self.delayed: list[tuple[float, int, str]] = []  # (eta, seq, id)
+
+
+class MemoryBroker(Broker):
+    """Keeps everything in process memory; one instance may serve many threads and loops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[str, _Record] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._seq = itertools.count()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryBroker:
+        return cls()
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue()
+        return q
+
+    def _place(self, rec: _Record, now: float) -> None:
+        q = self._queue(rec.msg.queue)
+        rec.lease_until, rec.token = 0.0, ""
+        if rec.eta > now:
+            rec.state = "delayed"
+            heapq.heappush(q.delayed, (rec.eta, rec.seq, rec.msg.id))
+        else:
+            rec.state = "ready"
+            heapq.heappush(q.ready, (-rec.msg.priority, rec.eta, rec.seq, rec.msg.id))
+
+    def _promote(self, q: _Queue, now: float) -> None:
+        while q.delayed and q.delayed[0][0] <= now:
+            _, _, mid = heapq.heappop(q.delayed)
+            rec = self._records[mid]
+            rec.state = "ready"
+            heapq.heappush(q.ready, (-rec.msg.priority, rec.eta, rec.seq, mid))
+
+    def _wake(self) -> None:
+        for loop, event in self._waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    async def enqueue(self, messages: Sequence[Message]) -> None:
+        now = time.time()
+        with self._lock:
+            for msg in messages:
+                if msg.id in self._records:
+                    continue  # idempotent: an id is stored once
+                rec = _Record(msg, msg.eta or now, next(self._seq))
+                self._records[msg.id] = rec
+                self._place(rec, now)
+            waiters = bool(self._waiters)
+        if waiters:
+            self._wake()
+
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float
+    ) -> list[Delivery]:
+        now = time.time()
+        out: list[Delivery] = []
+        with self._lock:
+            heaps = []
+            for name in queues:
+                q = self._queues.get(name)
+                if q is not None:
+                    self._promote(q, now)
+                    if q.ready:
+                        heaps.append(q.ready)
+            while len(out) < limit and heaps:
+                best = heaps[0] if len(heaps) == 1 else min(heaps, key=lambda h: h[0])
+                mid = heapq.heappop(best)[3]
+                if not best:
+                    heaps.remove(best)
+                rec = self._records[mid]
+                rec.state = "leased"
+                rec.attempts += 1
+                rec.lease_until = now + visibility_timeout
+                rec.token = str(uuid_utils.uuid4())
+                m = rec.msg
+                out.append(
+                    Delivery(m.id, m.queue, m.type, m.body, rec.attempts, rec.token,
+                             m.priority, rec.eta, m.created_at, rec.redelivery)
+                )
+        return out
+
+    def _owned(self, d: Delivery) -> _Record | None:
+        rec = self._records.get(d.id)
+        if rec is None or rec.state != "leased" or rec.token != d.lease_token:
+            return None
+        return rec
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            for d in deliveries:
+                if self._owned(d) is not None:
+                    del self._records[d.id]
+
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+        with self._lock:
+            rec = self._owned(delivery)
+            if rec is None:
+                return
+            rec.eta, rec.failure, rec.redelivery = retry_at, failure, ""
+            self._place(rec, time.time())
+        self._wake()
+
+    async def release(self, deliveries: Sequence[Delivery], reason: str = "worker_shutdown") -> None:
+        now = time.time()
+        with self._lock:
+            for d in deliveries:
+                rec = self._owned(d)
+                if rec is not None:
+                    rec.attempts -= 1
+                    rec.redelivery = reason
+                    self._place(rec, now)
+        self._wake()
+
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+        with self._lock:
+            rec = self._owned(delivery)
+            if rec is None:
+                return
+            rec.state, rec.reason, rec.failure = "dead", reason, failure
+            rec.dead_at, rec.token = time.time(), ""
+
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
+        until = time.time() + visibility_timeout
+        with self._lock:
+            for d in deliveries:
+                rec = self._owned(d)
+                if rec is not None:
+                    rec.lease_until = until
+
+    async def rescue(self) -> list[str]:
+        now = time.time()
+        rescued = []
+        with self._lock:
+            for rec in self._records.values():
+                if rec.state == "leased" and rec.lease_until < now:
+                    rec.redelivery = LEASE_EXPIRED
+                    rec.eta = now
+                    self._place(rec, now)
+                    rescued.append(rec.msg.id)
+        if rescued:
+            self._wake()
+        return rescued
+
+    async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        now = time.time()
+        counts: dict[str, list[float]] = {}
+        with self._lock:
+            names = list(self._queues) if queues is None else list(queues)
+            for name in names:
+                counts[name] = [0, 0, 0, 0, now]
+                q = self._queues.get(name)
+                if q is not None:
+                    self._promote(q, now)
+            for rec in self._records.values():
+                c = counts.get(rec.msg.queue)
+                if c is None:
+                    continue
+                if rec.state == "ready":
+                    c[0] += 1
+                    c[4] = min(c[4], rec.eta)
+                elif rec.state == "delayed":
+                    c[1] += 1
+                elif rec.state == "leased":
+                    c[2] += 1
+                else:
+                    c[3] += 1
+        return {
+            name: QueueStats(int(c[0]), int(c[1]), int(c[2]), int(c[3]), max(0.0, now - c[4]))
+            for name, c in counts.items()
+        }
+
+    def _dead(self, selector: Selector) -> list[_Record]:
+        if selector.all:
+            return [
+                r for r in self._records.values()
+                if r.state == "dead" and selector.queue in (None, r.msg.queue)
+            ]
+        recs = (self._records.get(i) for i in selector.ids)
+        return [r for r in recs if r is not None and r.state == "dead"]
+
+    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        with self._lock:
+            recs = sorted(self._dead(Selector(all=True, queue=queue)), key=lambda r: r.dead_at)
+            return [_dead_letter(r) for r in recs[:limit]]
+
+    async def dlq_retry(self, selector: Selector) -> int:
+        now = time.time()
+        with self._lock:
+            recs = self._dead(selector)
+            for rec in recs:
+                rec.attempts, rec.eta, rec.reason, rec.failure = 0, now, "", None
+                rec.redelivery = MANUAL_RETRY
+                self._place(rec, now)
+        self._wake()
+        return len(recs)
+
+    async def dlq_purge(self, selector: Selector) -> int:
+        with self._lock:
+            recs = self._dead(selector)
+            for rec in recs:
+                del self._records[rec.msg.id]
+        return len(recs)
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        entry = (loop, event)
+        with self._lock:
+            self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.remove(entry)
+
+
+def _dead_letter(rec: _Record) -> DeadLetter:
+    f = rec.failure or Failure()
+    m = rec.msg
+    return DeadLetter(
+        m.id, m.queue, m.type, m.body, rec.attempts, rec.reason,
+        f.type, f.message, f.traceback, rec.dead_at, m.created_at,
+    )

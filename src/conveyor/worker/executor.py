@@ -1,0 +1,178 @@
+"""Runs one delivery: decode, look up, run with a timeout, then ack, retry or dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import signals as sig
+from ..brokers import Broker, Delivery, Failure
+from ..context import JobContext, _current
+from ..errors import JobTimeout
+from ..job import Job, decode
+from ..middleware import chain
+from ..registry import JobDef
+from ..signals import ErrorInfo
+from .acker import Acker
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class Counters:
+    """What a worker did, for its summary line."""
+
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+def _failure(info: ErrorInfo) -> Failure:
+    return Failure(info.type, info.message, info.traceback)
+
+
+class Executor:
+    """Executes deliveries for one worker."""
+
+    def __init__(
+        self,
+        app: App,
+        broker: Broker,
+        acker: Acker,
+        pool: ThreadPoolExecutor,
+        worker_id: str,
+        on_retry: Callable[[float], None],
+    ) -> None:
+        self.app, self.broker, self.acker, self.pool = app, broker, acker, pool
+        self.worker_id = worker_id
+        self.on_retry = on_retry
+        self.counters = Counters()
+        self.bus = app.bus
+
+    async def execute(self, d: Delivery) -> None:
+        """Process one delivery to the end; never raises (except on cancellation)."""
+        try:
+            job = decode(d.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            info = ErrorInfo.from_exception(exc)
+            await self._bury(d, None, "undecodable", info)
+            return
+        job.attempts = d.attempts
+        definition = self.app.registry.get(job.type)
+        if definition is None:
+            info = ErrorInfo("UnknownJob", f"no job type {job.type!r} is registered with this app")
+            await self._bury(d, job, "unknown_job_type", info)
+            return
+        if d.attempts > job.max_attempts:
+            info = ErrorInfo(
+                "LeaseExpired",
+                f"delivered {d.attempts} times (max {job.max_attempts}); the worker running the"
+                f" last attempt was lost ({d.redelivery or 'unknown'})",
+            )
+            await self._bury(d, job, "max_attempts_exceeded", info)
+            return
+        await self._run(d, job, definition)
+
+    async def _run(self, d: Delivery, job: Job, definition: JobDef) -> None:
+        ctx = JobContext(job, self.worker_id, d.redelivery)
+        bus = self.bus
+        start = time.time()
+        if bus.wants(sig.JOB_STARTED):
+            bus.emit(
+                sig.JOB_STARTED, job_id=job.id, job_type=job.type, queue=job.queue,
+                attempt=d.attempts, worker_id=self.worker_id,
+                latency=max(0.0, start - (job.scheduled_at or job.created_at)),
+                redelivery=d.redelivery,
+            )
+        token = _current.set(ctx)
+        try:
+            await self._call(definition, job, ctx)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a handler's SystemExit must not kill the worker
+            await self._failed(d, job, definition, exc, time.time() - start)
+            return
+        finally:
+            _current.reset(token)
+        self.acker.add(d)
+        self.counters.completed += 1
+        if bus.wants(sig.JOB_COMPLETED):
+            bus.emit(
+                sig.JOB_COMPLETED, job_id=job.id, job_type=job.type, queue=job.queue,
+                attempt=d.attempts, worker_id=self.worker_id, duration=time.time() - start,
+            )
+
+    async def _call(self, definition: JobDef, job: Job, ctx: JobContext) -> Any:
+        async def handler() -> Any:
+            if definition.is_async:
+                return await definition.fn(*job.args, **job.kwargs)
+            call = functools.partial(definition.fn, *job.args, **job.kwargs)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, contextvars.copy_context().run, call)
+
+        call_next = chain(self.app.middleware, ctx, handler) if self.app.middleware else handler
+        if definition.timeout is None:
+            return await call_next()
+        try:
+            async with asyncio.timeout(definition.timeout) as cm:
+                return await call_next()
+        except TimeoutError as exc:
+            if cm.expired():
+                raise JobTimeout(f"job exceeded its timeout of {definition.timeout}s") from exc
+            raise
+
+    async def _failed(
+        self, d: Delivery, job: Job, definition: JobDef, exc: BaseException, duration: float
+    ) -> None:
+        decision = definition.policy.decide(exc, d.attempts)
+        info = ErrorInfo.from_exception(exc)
+        self.counters.failed += 1
+        if self.bus.wants(sig.JOB_FAILED):
+            self.bus.emit(
+                sig.JOB_FAILED, job_id=job.id, job_type=job.type, queue=job.queue,
+                attempt=d.attempts, worker_id=self.worker_id, duration=duration, error=info,
+                will_retry=decision.retry,
+            )
+        if not decision.retry:
+            await self._bury(d, job, decision.reason, info)
+            return
+        retry_at = time.time() + decision.delay
+        try:
+            await self.broker.nack(d, retry_at, _failure(info))
+        except Exception:
+            log.exception("could not schedule retry of job %s; its lease will expire", job.id)
+            return
+        self.on_retry(retry_at)
+        self.counters.retried += 1
+        if self.bus.wants(sig.JOB_RETRYING):
+            self.bus.emit(
+                sig.JOB_RETRYING, job_id=job.id, job_type=job.type, queue=job.queue,
+                attempt=d.attempts, worker_id=self.worker_id, delay=decision.delay, error=info,
+            )
+
+    async def _bury(self, d: Delivery, job: Job | None, reason: str, info: ErrorInfo) -> None:
+        try:
+            await self.broker.dead(d, reason, _failure(info))
+        except Exception:
+            log.exception("could not dead-letter job %s; its lease will expire", d.id)
+            return
+        self.counters.dead += 1
+        log.warning("job %s (%s) dead-lettered: %s: %s", d.id, d.type, reason, info.message)
+        if self.bus.wants(sig.JOB_DEAD):
+            self.bus.emit(
+                sig.JOB_DEAD, job_id=d.id, job_type=job.type if job else d.type, queue=d.queue,
+                attempt=d.attempts, worker_id=self.worker_id, reason=reason, error=info,
+            )

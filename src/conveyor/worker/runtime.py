@@ -1,0 +1,279 @@
+"""The worker loop: lease, run with bounded concurrency, heartbeat, shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import uuid_utils
+
+from .. import signals as sig
+from ..brokers import WORKER_SHUTDOWN, Broker, Delivery
+from ..errors import ConfigError
+from ..registry import check_name
+from .acker import Acker
+from .executor import Counters, Executor
+
+if TYPE_CHECKING:
+    from ..app import App
+
+log = logging.getLogger("conveyor.worker")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Worker settings; see ``conveyor worker --help``."""
+
+    queues: tuple[str, ...] = ()
+    concurrency: int = 8
+    prefetch: int | None = None
+    burst: bool = False
+    shutdown_timeout: float = 30.0
+    visibility_timeout: float = 60.0
+    poll_interval: float = 1.0
+    rescue_interval: float = 5.0
+    stats_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ConfigError("prefetch must be >= 0")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("shutdown timeout must be >= 0")
+        if self.visibility_timeout <= 0 or self.poll_interval <= 0:
+            raise ConfigError("visibility timeout and poll interval must be > 0")
+        for q in self.queues:
+            check_name("queue", q)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResult:
+    """How a worker run ended."""
+
+    worker_id: str
+    reason: str
+    counters: Counters
+    abandoned: int = 0
+    """Jobs still running in threads when the worker gave up on them."""
+
+
+class Worker:
+    """Consumes jobs of ``app`` until stopped (or, in burst mode, until no work is left)."""
+
+    def __init__(self, app: App, config: WorkerConfig | None = None) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.queues: tuple[str, ...] = self.config.queues or tuple(
+            sorted({d.queue for d in app.registry.values()} or {"default"})
+        )
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{str(uuid_utils.uuid4())[:8]}"
+        c = self.config
+        self.capacity = c.concurrency + (c.concurrency if c.prefetch is None else c.prefetch)
+        self._stop_requests = 0
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._running: dict[str, Delivery] = {}
+        self._buffered: dict[str, Delivery] = {}
+        self._retry_horizon = 0.0
+        self._reason = "stopped"
+
+    # -- control --------------------------------------------------------------
+    def request_stop(self, reason: str = "signal") -> None:
+        """First call: stop leasing and drain. Second call: requeue running jobs and exit."""
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            self._reason = reason
+            log.info("worker %s stopping (%s); waiting for running jobs", self.id, reason)
+            self._stopping.set()
+        else:
+            log.warning("worker %s: second stop request; requeueing running jobs", self.id)
+            self._forced.set()
+
+    def _note_retry(self, retry_at: float) -> None:
+        self._retry_horizon = max(self._retry_horizon, retry_at)
+
+    # -- main -----------------------------------------------------------------
+    async def run(self) -> WorkerResult:
+        """Run until stopped; returns a summary."""
+        c = self.config
+        broker = await self.app.broker()
+        self.app.bus.bind_loop(asyncio.get_running_loop())
+        acker = Acker(broker)
+        pool = ThreadPoolExecutor(c.concurrency, thread_name_prefix="conveyor-job")
+        executor = Executor(self.app, broker, acker, pool, self.id, self._note_retry)
+        buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        slot_freed = asyncio.Event()
+        emit = self.app.bus.emit
+        emit(
+            sig.WORKER_STARTED, worker_id=self.id, queues=",".join(self.queues),
+            concurrency=c.concurrency, host=socket.gethostname(), pid=os.getpid(),
+        )
+        log.info("worker %s consuming %s with concurrency %d", self.id, ",".join(self.queues),
+                 c.concurrency)
+
+        async def consume() -> None:
+            while True:
+                d = await buffer.get()
+                if d is None:
+                    return
+                self._buffered.pop(d.id, None)
+                if not self._running:
+                    emit(sig.WORKER_BUSY, worker_id=self.id, in_flight=1)
+                self._running[d.id] = d
+                try:
+                    await executor.execute(d)
+                finally:
+                    self._running.pop(d.id, None)
+                    slot_freed.set()
+                    if not self._running and not self._buffered:
+                        emit(sig.WORKER_IDLE, worker_id=self.id)
+
+        background = [
+            asyncio.create_task(acker.run(), name="conveyor-acker"),
+            asyncio.create_task(self._heartbeat(broker), name="conveyor-heartbeat"),
+            asyncio.create_task(self._housekeeping(broker), name="conveyor-housekeeping"),
+        ]
+        consumers = [asyncio.create_task(consume()) for _ in range(c.concurrency)]
+        abandoned = 0
+        try:
+            await self._fetch(broker, buffer, slot_freed)
+            abandoned = await self._shutdown(broker, buffer, consumers, acker)
+        finally:
+            for task in consumers + background:
+                task.cancel()
+            await asyncio.gather(*consumers, *background, return_exceptions=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            emit(sig.WORKER_STOPPED, worker_id=self.id, reason=self._reason)
+            await self.app.bus.drain()
+            await self.app.aclose()
+        return WorkerResult(self.id, self._reason, executor.counters, abandoned)
+
+    async def _fetch(
+        self, broker: Broker, buffer: asyncio.Queue[Delivery | None], slot_freed: asyncio.Event
+    ) -> None:
+        c = self.config
+        idle_wait = 0.01
+        while not self._stopping.is_set():
+            held = len(self._running) + len(self._buffered)
+            free = self.capacity - held
+            if free <= 0 or (self._buffered and free < self.capacity // 2):
+                slot_freed.clear()
+                await self._until(slot_freed.wait(), None)
+                continue
+            try:
+                batch = await broker.lease(self.queues, free, c.visibility_timeout)
+            except Exception:
+                log.exception("lease failed; retrying in %.1fs", c.poll_interval)
+                await self._until(asyncio.sleep(c.poll_interval), None)
+                continue
+            if batch:
+                idle_wait = 0.01
+                for d in batch:
+                    self._buffered[d.id] = d
+                    buffer.put_nowait(d)
+                continue
+            if c.burst and held == 0 and time.time() >= self._retry_horizon:
+                self._reason = "burst_done"
+                return
+            timeout = idle_wait
+            if c.burst and held == 0:
+                timeout = min(timeout, max(0.001, self._retry_horizon - time.time()))
+            await self._until(broker.wait(self.queues, timeout), slot_freed if held else None)
+            idle_wait = min(idle_wait * 2, c.poll_interval)
+
+    async def _until(self, coro: Coroutine[Any, Any, Any], also: asyncio.Event | None) -> None:
+        """Await ``coro`` unless a stop (or ``also``) comes first."""
+        waits = [asyncio.ensure_future(coro), asyncio.ensure_future(self._stopping.wait())]
+        if also is not None:
+            also.clear()
+            waits.append(asyncio.ensure_future(also.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _shutdown(
+        self,
+        broker: Broker,
+        buffer: asyncio.Queue[Delivery | None],
+        consumers: Sequence[asyncio.Task[None]],
+        acker: Acker,
+    ) -> int:
+        """Give back unstarted jobs, let running ones finish, then requeue stragglers."""
+        unstarted = []
+        while not buffer.empty():
+            d = buffer.get_nowait()
+            if d is not None:
+                unstarted.append(d)
+                self._buffered.pop(d.id, None)
+        if unstarted:
+            await _quietly(broker.release(unstarted, WORKER_SHUTDOWN), "release unstarted jobs")
+        for _ in consumers:
+            buffer.put_nowait(None)
+        await self._wait_consumers(consumers)
+        stragglers = list(self._running.values())
+        if stragglers:
+            self._reason = "forced" if self._forced.is_set() else "shutdown_timeout"
+            log.warning("requeueing %d running jobs (%s)", len(stragglers), self._reason)
+            await _quietly(broker.release(stragglers, WORKER_SHUTDOWN), "requeue running jobs")
+            self._running.clear()
+        await acker.flush()
+        return len(stragglers)
+
+    async def _wait_consumers(self, consumers: Sequence[asyncio.Task[None]]) -> None:
+        """Wait for running jobs until they finish, the timeout passes or a second stop."""
+        everyone = asyncio.gather(*consumers, return_exceptions=True)
+        forced = asyncio.ensure_future(self._forced.wait())
+        await asyncio.wait(
+            [everyone, forced], timeout=self.config.shutdown_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        forced.cancel()
+
+    async def _heartbeat(self, broker: Broker) -> None:
+        vt = self.config.visibility_timeout
+        while True:
+            await asyncio.sleep(vt / 3)
+            live = [*self._running.values(), *self._buffered.values()]
+            if live:
+                await _quietly(broker.extend(live, vt), "extend leases")
+
+    async def _housekeeping(self, broker: Broker) -> None:
+        c = self.config
+        last_rescue = last_stats = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_rescue >= c.rescue_interval:
+                last_rescue = now
+                rescued = await _quietly(broker.rescue(), "rescue expired leases")
+                if rescued:
+                    log.warning("rescued %d jobs whose lease expired", len(rescued))
+            if now - last_stats >= c.stats_interval and self.app.bus.wants(sig.QUEUE_DEPTH):
+                last_stats = now
+                stats = await _quietly(broker.stats(self.queues), "read queue stats")
+                for queue, s in (stats or {}).items():
+                    self.app.bus.emit(
+                        sig.QUEUE_DEPTH, queue=queue, ready=s.ready, delayed=s.delayed,
+                        in_flight=s.in_flight, dead=s.dead, oldest_age=s.oldest_age_s,
+                    )
+            await asyncio.sleep(min(c.rescue_interval, c.stats_interval, 1.0))
+
+
+async def _quietly(awaitable: Awaitable[T], what: str) -> T | None:
+    try:
+        return await awaitable
+    except Exception:
+        log.exception("could not %s", what)
+        return None

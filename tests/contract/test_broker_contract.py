@@ -1,0 +1,266 @@
+"""The one conformance suite every broker passes (see conftest for how brokers plug in)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import ModuleType
+
+import pytest
+
+from conveyor.brokers import (
+    LEASE_EXPIRED,
+    MANUAL_RETRY,
+    WORKER_SHUTDOWN,
+    Broker,
+    Failure,
+    Message,
+    Selector,
+)
+from conveyor.job import new_id
+
+Q = "contract"
+VT = 30.0
+
+
+def msg(queue: str = Q, priority: int = 0, eta: float = 0.0, body: bytes = b"{}", type_: str = "t") -> Message:
+    return Message(new_id(), queue, type_, body, priority, eta, time.time())
+
+
+async def test_enqueue_then_lease_returns_the_message_with_attempt_one(broker: Broker) -> None:
+    m = msg(body=b'{"id":"x","args":[1,2]}', type_="email")
+    await broker.enqueue([m])
+    [d] = await broker.lease([Q], 10, VT)
+    assert (d.id, d.queue, d.type, d.body, d.attempts, d.redelivery) == (
+        m.id, Q, "email", m.body, 1, "")
+    assert d.lease_token
+
+
+async def test_body_bytes_are_kept_exactly(broker: Broker) -> None:
+    body = b"\xff\x00not json\x80"
+    await broker.enqueue([msg(body=body)])
+    [d] = await broker.lease([Q], 1, VT)
+    assert d.body == body
+
+
+async def test_batch_enqueue_stores_all(broker: Broker) -> None:
+    await broker.enqueue([msg() for _ in range(50)])
+    assert (await broker.stats([Q]))[Q].ready == 50
+
+
+async def test_enqueue_is_idempotent_by_id(broker: Broker) -> None:
+    m = msg()
+    await broker.enqueue([m])
+    await broker.enqueue([m])
+    assert (await broker.stats([Q]))[Q].ready == 1
+
+
+async def test_lease_respects_limit_and_never_hands_out_twice(broker: Broker) -> None:
+    await broker.enqueue([msg() for _ in range(10)])
+    first = await broker.lease([Q], 4, VT)
+    second = await broker.lease([Q], 100, VT)
+    assert len(first) == 4 and len(second) == 6
+    assert not {d.id for d in first} & {d.id for d in second}
+    assert await broker.lease([Q], 10, VT) == []
+
+
+async def test_concurrent_leases_are_disjoint(broker: Broker) -> None:
+    await broker.enqueue([msg() for _ in range(60)])
+    batches = await asyncio.gather(*(broker.lease([Q], 7, VT) for _ in range(12)))
+    ids = [d.id for b in batches for d in b]
+    assert len(ids) == 60 and len(set(ids)) == 60
+
+
+async def test_higher_priority_first_then_fifo(broker: Broker) -> None:
+    low1, low2 = msg(priority=0), msg(priority=0)
+    high = msg(priority=5)
+    mid = msg(priority=1)
+    for m in (low1, low2, high, mid):
+        await broker.enqueue([m])
+    got = [d.id for d in await broker.lease([Q], 10, VT)]
+    assert got == [high.id, mid.id, low1.id, low2.id]
+
+
+async def test_lease_takes_only_the_named_queues(broker: Broker) -> None:
+    a, b = msg(queue="qa"), msg(queue="qb")
+    await broker.enqueue([a, b])
+    got = await broker.lease(["qb"], 10, VT)
+    assert [d.id for d in got] == [b.id]
+    got = await broker.lease(["qa", "qb"], 10, VT)
+    assert [d.id for d in got] == [a.id]
+
+
+async def test_delayed_message_is_held_until_due(broker: Broker) -> None:
+    m = msg(eta=time.time() + 0.6)
+    await broker.enqueue([m])
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.delayed) == (0, 1)
+    assert await broker.lease([Q], 10, VT) == []
+    await asyncio.sleep(0.8)
+    assert (await broker.stats([Q]))[Q].ready == 1
+    [d] = await broker.lease([Q], 10, VT)
+    assert d.id == m.id
+
+
+async def test_ack_deletes(broker: Broker) -> None:
+    await broker.enqueue([msg(), msg()])
+    ds = await broker.lease([Q], 10, VT)
+    assert (await broker.stats([Q]))[Q].in_flight == 2
+    await broker.ack(ds)
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.delayed, s.in_flight, s.dead) == (0, 0, 0, 0)
+
+
+async def test_nack_delays_and_keeps_attempts(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, VT)
+    await broker.nack(d, time.time() + 0.5, Failure("ValueError", "boom", "tb"))
+    s = (await broker.stats([Q]))[Q]
+    assert (s.delayed, s.in_flight) == (1, 0)
+    assert await broker.lease([Q], 1, VT) == []
+    await asyncio.sleep(0.7)
+    [again] = await broker.lease([Q], 1, VT)
+    assert again.id == d.id and again.attempts == 2
+
+
+async def test_nack_due_now_is_ready_at_once(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, VT)
+    await broker.nack(d, time.time())
+    [again] = await broker.lease([Q], 1, VT)
+    assert again.attempts == 2
+
+
+async def test_dead_letters_keep_reason_and_error(broker: Broker) -> None:
+    m = msg(type_="report")
+    await broker.enqueue([m])
+    [d] = await broker.lease([Q], 1, VT)
+    await broker.dead(d, "max_attempts_exceeded", Failure("KeyError", "'x'", "Traceback..."))
+    [dl] = await broker.dlq_list(Q)
+    assert (dl.id, dl.queue, dl.type, dl.reason, dl.attempts) == (
+        m.id, Q, "report", "max_attempts_exceeded", 1)
+    assert (dl.error_type, dl.error_message, dl.traceback) == ("KeyError", "'x'", "Traceback...")
+    assert dl.body == m.body and dl.dead_at > 0
+    s = (await broker.stats([Q]))[Q]
+    assert (s.dead, s.in_flight, s.ready) == (1, 0, 0)
+    assert await broker.lease([Q], 1, VT) == []
+
+
+async def test_expired_lease_is_rescued_with_reason(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, 0.3)
+    assert await broker.rescue() == []
+    await asyncio.sleep(0.5)
+    assert await broker.rescue() == [d.id]
+    [again] = await broker.lease([Q], 1, VT)
+    assert again.id == d.id and again.attempts == 2 and again.redelivery == LEASE_EXPIRED
+
+
+async def test_stale_lease_cannot_ack_or_nack(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [old] = await broker.lease([Q], 1, 0.2)
+    await asyncio.sleep(0.4)
+    await broker.rescue()
+    [new] = await broker.lease([Q], 1, VT)
+    await broker.ack([old])
+    await broker.nack(old, time.time())
+    await broker.dead(old, "non_retryable")
+    assert (await broker.stats([Q]))[Q].in_flight == 1
+    await broker.ack([new])
+    assert (await broker.stats([Q]))[Q].in_flight == 0
+
+
+async def test_extend_keeps_a_lease_alive(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, 0.4)
+    await broker.extend([d], 5.0)
+    await asyncio.sleep(0.6)
+    assert await broker.rescue() == []
+    assert (await broker.stats([Q]))[Q].in_flight == 1
+
+
+async def test_release_gives_back_without_spending_an_attempt(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, VT)
+    await broker.release([d], WORKER_SHUTDOWN)
+    [again] = await broker.lease([Q], 1, VT)
+    assert again.attempts == 1 and again.redelivery == WORKER_SHUTDOWN
+
+
+async def test_stats_counts_and_oldest_age(broker: Broker) -> None:
+    await broker.enqueue([msg(eta=time.time() - 2.0), msg(), msg(eta=time.time() + 60)])
+    await broker.lease([Q], 1, VT)  # takes the one that has waited longest
+    await broker.enqueue([msg(eta=time.time() - 5.0)])
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.delayed, s.in_flight, s.dead) == (2, 1, 1, 0)
+    assert 4.5 <= s.oldest_age_s <= 30
+
+
+async def test_stats_of_unknown_queue_is_zero(broker: Broker) -> None:
+    s = (await broker.stats(["never-used"]))["never-used"]
+    assert (s.ready, s.delayed, s.in_flight, s.dead, s.oldest_age_s) == (0, 0, 0, 0, 0.0)
+
+
+async def test_stats_without_queues_lists_known_queues(broker: Broker) -> None:
+    await broker.enqueue([msg(queue="s1"), msg(queue="s2")])
+    found = await broker.stats()
+    assert {"s1", "s2"} <= set(found)
+
+
+async def _bury(broker: Broker, queue: str, n: int) -> list[str]:
+    await broker.enqueue([msg(queue=queue) for _ in range(n)])
+    ds = await broker.lease([queue], n, VT)
+    for d in ds:
+        await broker.dead(d, "non_retryable", Failure("E", "m"))
+    return [d.id for d in ds]
+
+
+async def test_dlq_retry_by_id_requeues_with_fresh_attempts(broker: Broker) -> None:
+    ids = await _bury(broker, Q, 3)
+    assert await broker.dlq_retry(Selector(ids=[ids[0], "no-such-id"])) == 1
+    [d] = await broker.lease([Q], 10, VT)
+    assert d.id == ids[0] and d.attempts == 1 and d.redelivery == MANUAL_RETRY
+    assert len(await broker.dlq_list(Q)) == 2
+
+
+async def test_dlq_retry_all_of_one_queue(broker: Broker) -> None:
+    await _bury(broker, "d1", 2)
+    await _bury(broker, "d2", 2)
+    assert await broker.dlq_retry(Selector(all=True, queue="d1")) == 2
+    assert (await broker.stats(["d1"]))["d1"].ready == 2
+    assert (await broker.stats(["d2"]))["d2"].dead == 2
+
+
+async def test_dlq_purge_by_id_and_all(broker: Broker) -> None:
+    ids = await _bury(broker, Q, 3)
+    assert await broker.dlq_purge(Selector(ids=[ids[1]])) == 1
+    assert [d.id for d in await broker.dlq_list(Q)] == [ids[0], ids[2]]
+    assert await broker.dlq_purge(Selector(all=True)) == 2
+    assert await broker.dlq_list() == []
+    assert (await broker.stats([Q]))[Q].dead == 0
+
+
+async def test_dlq_ops_ignore_live_messages(broker: Broker) -> None:
+    m = msg()
+    await broker.enqueue([m])
+    assert await broker.dlq_purge(Selector(ids=[m.id])) == 0
+    assert await broker.dlq_retry(Selector(ids=[m.id])) == 0
+    assert (await broker.stats([Q]))[Q].ready == 1
+
+
+async def test_wait_returns_within_its_timeout(broker: Broker) -> None:
+    start = time.monotonic()
+    await broker.wait([Q], 0.2)
+    assert time.monotonic() - start < 2.0
+
+
+async def test_a_second_instance_sees_the_same_store(factory: ModuleType, broker: Broker,
+                                                     tmp_path: object) -> None:
+    make_peer = getattr(factory, "make_peer", None)
+    if make_peer is None:
+        pytest.xfail("in-process broker: a second process cannot share it")
+    await broker.enqueue([msg() for _ in range(20)])
+    async with make_peer(tmp_path) as peer:
+        mine, theirs = await asyncio.gather(broker.lease([Q], 15, VT), peer.lease([Q], 15, VT))
+        assert len(mine) + len(theirs) == 20
+        assert not {d.id for d in mine} & {d.id for d in theirs}
