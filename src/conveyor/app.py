@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import signals as sig
 from .brokers import Broker, DeadLetter, Message, QueueStats, Selector, open_broker
@@ -27,12 +27,19 @@ DEFAULT_URL = "sqlite:///conveyor.db"
 URL_ENV = "CONVEYOR_BROKER_URL"
 
 
+class Installable(Protocol):
+    """Something that wires itself into an app: subscribes sinks, adds middleware."""
+
+    def install(self, app: App) -> None: ...
+
+
 class App:
     """A conveyor application.
 
     ``url`` picks the broker (``memory://``, ``sqlite:///file.db``, ``redis://``,
     ``postgresql://``). When omitted, ``$CONVEYOR_BROKER_URL`` is used, and then
-    ``sqlite:///conveyor.db``.
+    ``sqlite:///conveyor.db``. ``telemetry`` (see :mod:`conveyor.telemetry`) is
+    installed on creation.
     """
 
     def __init__(
@@ -41,6 +48,7 @@ class App:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         middleware: Iterable[Middleware] = (),
+        telemetry: Installable | None = None,
     ) -> None:
         self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
         self._broker_cls = broker_class(self.url)  # fails fast on a bad URL or missing extra
@@ -54,6 +62,9 @@ class App:
         self._lock = threading.Lock()
         self._shared: Broker | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Broker]] = {}
+        self.telemetry = telemetry
+        if telemetry is not None:
+            telemetry.install(self)
 
     def __repr__(self) -> str:
         return f"App({self.url!r}, jobs={len(self.registry)})"
@@ -75,7 +86,7 @@ class App:
         priority: int = 0,
     ) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
-    def job(
+    def job(  # type: ignore[misc]  # P and R are bound by the decorated function
         self,
         fn: Callable[P, R] | None = None,
         /,
@@ -98,8 +109,14 @@ class App:
         def register(f: Callable[P, R]) -> JobFunction[P, R]:
             retry = retry_on if isinstance(retry_on, tuple) else (retry_on,)
             definition = make_definition(
-                f, name=name, queue=queue, max_attempts=max_attempts, timeout=timeout,
-                backoff=backoff, retry_on=retry, priority=priority,
+                f,
+                name=name,
+                queue=queue,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                backoff=backoff,
+                retry_on=retry,
+                priority=priority,
             )
             if definition.name in self.registry:
                 from .errors import ConfigError
@@ -118,9 +135,7 @@ class App:
             raise UnknownJob(f"unknown job {name!r}; registered jobs: {known}") from None
 
     # -- building and sending ----------------------------------------------
-    def build(
-        self, definition: JobDef, args: Sequence[Any], kwargs: dict[str, Any], opts: SendOptions
-    ) -> Job:
+    def build(self, definition: JobDef, args: Sequence[Any], kwargs: dict[str, Any], opts: SendOptions) -> Job:
         """Validate arguments and build a :class:`Job` ready to send."""
         check_json(args, "args")
         check_json(kwargs, "kwargs")
@@ -157,8 +172,13 @@ class App:
     def _encode(self, jobs: Sequence[Job]) -> list[Message]:
         return [
             Message(
-                j.id, j.queue, j.type, encode(j, self.max_message_size), j.priority,
-                j.scheduled_at, j.created_at,
+                j.id,
+                j.queue,
+                j.type,
+                encode(j, self.max_message_size),
+                j.priority,
+                j.scheduled_at,
+                j.created_at,
             )
             for j in jobs
         ]
@@ -172,8 +192,12 @@ class App:
         if self.bus.wants(sig.JOB_ENQUEUED):
             for job in batch:
                 self.bus.emit(
-                    sig.JOB_ENQUEUED, job_id=job.id, job_type=job.type, queue=job.queue,
-                    priority=job.priority, delay=max(0.0, job.scheduled_at - job.created_at),
+                    sig.JOB_ENQUEUED,
+                    job_id=job.id,
+                    job_type=job.type,
+                    queue=job.queue,
+                    priority=job.priority,
+                    delay=max(0.0, job.scheduled_at - job.created_at),
                 )
         return [j.id for j in batch]
 

@@ -27,7 +27,7 @@ class JobTimeout(ConveyorError):
     """A handler ran past its ``timeout``."""
 
 
-class Retry(Exception):  # noqa: N818 - reads as an instruction: ``raise Retry(delay=5)``
+class Retry(Exception):
     """Raise from a handler to retry the job after ``delay`` seconds.
 
     The attempt still counts towards ``max_attempts``.
@@ -38,5 +38,5 @@ class Retry(Exception):  # noqa: N818 - reads as an instruction: ``raise Retry(d
         self.delay = delay
 
 
-class NonRetryable(Exception):  # noqa: N818 - reads as a classification
+class NonRetryable(Exception):
     """Raise (or subclass) to send a job to the dead-letter queue at once."""

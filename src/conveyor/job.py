@@ -84,9 +84,7 @@ def encode(job: Job, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     """Encode ``job`` to JSON bytes, enforcing ``max_size``."""
     body = _encoder.encode(job)
     if len(body) > max_size:
-        raise MessageTooLarge(
-            f"job {job.type!r} encodes to {len(body)} bytes, over the limit of {max_size} bytes"
-        )
+        raise MessageTooLarge(f"job {job.type!r} encodes to {len(body)} bytes, over the limit of {max_size} bytes")
     return body
 
 

@@ -19,15 +19,17 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+_JOB = re.compile(r"^\S{1,200}$")
 
 
 def check_name(kind: str, value: str) -> str:
-    """Queue and job names: 1-200 of letters, digits, ``_ . : -``."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise ConfigError(
-            f"invalid {kind} name {value!r}: use 1-200 letters, digits, '_', '.', ':' or '-'"
-        )
+    """Queue names: 1-200 letters, digits, ``_ . : -``; job names: 1-200 non-space characters."""
+    if kind == "job":
+        if not isinstance(value, str) or not _JOB.match(value):
+            raise ConfigError(f"invalid job name {value!r}: use 1-200 characters without spaces")
+    elif not isinstance(value, str) or not _QUEUE.match(value):
+        raise ConfigError(f"invalid {kind} name {value!r}: use 1-200 letters, digits, '_', '.', ':' or '-'")
     return value
 
 
@@ -173,7 +175,11 @@ def make_definition(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return JobDef(
-        job_name, fn, check_name("queue", queue), policy, timeout, priority,
+        job_name,
+        fn,
+        check_name("queue", queue),
+        policy,
+        timeout,
+        priority,
         inspect.iscoroutinefunction(fn),
     )
-

@@ -169,7 +169,7 @@ class Event:
         return self.attrs.get(key, default)
 
 
-Sink = Callable[[Event], None | Awaitable[None]]
+Sink = Callable[[Event], Awaitable[None] | None]
 
 
 class Subscription:
@@ -200,9 +200,7 @@ class Bus:
 
     def subscribe(self, sink: Sink, signals: Iterable[Signal | str] | None = None) -> Subscription:
         """Send events to ``sink``: all of them, or only those of ``signals``."""
-        names = None if signals is None else frozenset(
-            s.name if isinstance(s, Signal) else s for s in signals
-        )
+        names = None if signals is None else frozenset(s.name if isinstance(s, Signal) else s for s in signals)
         sub = Subscription(self, sink, names)
         with self._lock:
             self._subs.append(sub)
@@ -272,7 +270,6 @@ class Bus:
             await asyncio.wait(pending, timeout=timeout)
 
 
-
 # -- built-in signals -----------------------------------------------------------
 JOB_ID = StringKey("job_id", "the job's UUIDv7")
 JOB_TYPE = StringKey("job_type", "the registered job name")
@@ -285,49 +282,78 @@ _JOB = (JOB_ID, JOB_TYPE, QUEUE)
 _RUN = (*_JOB, ATTEMPT, WORKER_ID)
 
 JOB_ENQUEUED = Signal(
-    "job.enqueued", "A job was stored in its queue.",
+    "job.enqueued",
+    "A job was stored in its queue.",
     (*_JOB, IntKey("priority"), DurationKey("delay", "how long until it is due")),
 )
 JOB_STARTED = Signal(
-    "job.started", "A worker began an attempt.",
-    (*_RUN, DurationKey("latency", "from due to start"),
-     StringKey("redelivery", "why it was delivered again, if it was")),
+    "job.started",
+    "A worker began an attempt.",
+    (
+        *_RUN,
+        DurationKey("latency", "from due to start"),
+        StringKey("redelivery", "why it was delivered again, if it was"),
+    ),
 )
 JOB_COMPLETED = Signal(
-    "job.completed", "An attempt finished without error.",
+    "job.completed",
+    "An attempt finished without error.",
     (*_RUN, DurationKey("duration")),
 )
 JOB_FAILED = Signal(
-    "job.failed", "An attempt raised (or timed out).",
+    "job.failed",
+    "An attempt raised (or timed out).",
     (*_RUN, DurationKey("duration"), ERROR, BoolKey("will_retry")),
 )
 JOB_RETRYING = Signal(
-    "job.retrying", "A failed job was scheduled to run again.",
+    "job.retrying",
+    "A failed job was scheduled to run again.",
     (*_RUN, DurationKey("delay"), ERROR),
 )
 JOB_DEAD = Signal(
-    "job.dead", "A job moved to the dead-letter queue.",
+    "job.dead",
+    "A job moved to the dead-letter queue.",
     (*_RUN, StringKey("reason"), ERROR),
 )
 QUEUE_DEPTH = Signal(
-    "queue.depth", "Periodic per-queue counts.",
-    (QUEUE, IntKey("ready"), IntKey("delayed"), IntKey("in_flight"), IntKey("dead"),
-     DurationKey("oldest_age", "age of the oldest ready job")),
+    "queue.depth",
+    "Periodic per-queue counts.",
+    (
+        QUEUE,
+        IntKey("ready"),
+        IntKey("delayed"),
+        IntKey("in_flight"),
+        IntKey("dead"),
+        DurationKey("oldest_age", "age of the oldest ready job"),
+    ),
 )
 WORKER_STARTED = Signal(
-    "worker.started", "A worker began consuming.",
-    (WORKER_ID, StringKey("queues", "comma-separated"), IntKey("concurrency"),
-     StringKey("host"), IntKey("pid")),
+    "worker.started",
+    "A worker began consuming.",
+    (WORKER_ID, StringKey("queues", "comma-separated"), IntKey("concurrency"), StringKey("host"), IntKey("pid")),
 )
 WORKER_STOPPED = Signal(
-    "worker.stopped", "A worker stopped.", (WORKER_ID, StringKey("reason")),
+    "worker.stopped",
+    "A worker stopped.",
+    (WORKER_ID, StringKey("reason")),
 )
 WORKER_IDLE = Signal("worker.idle", "A worker has no job running.", (WORKER_ID,))
 WORKER_BUSY = Signal(
-    "worker.busy", "A worker went from idle to running jobs.", (WORKER_ID, IntKey("in_flight")),
+    "worker.busy",
+    "A worker went from idle to running jobs.",
+    (WORKER_ID, IntKey("in_flight")),
 )
 
 BUILTIN: tuple[Signal, ...] = (
-    JOB_ENQUEUED, JOB_STARTED, JOB_COMPLETED, JOB_FAILED, JOB_RETRYING, JOB_DEAD,
-    QUEUE_DEPTH, WORKER_STARTED, WORKER_STOPPED, WORKER_IDLE, WORKER_BUSY,
+    JOB_ENQUEUED,
+    JOB_STARTED,
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_RETRYING,
+    JOB_DEAD,
+    QUEUE_DEPTH,
+    WORKER_STARTED,
+    WORKER_STOPPED,
+    WORKER_IDLE,
+    WORKER_BUSY,
 )

@@ -1,11 +1,11 @@
 """Helpers for testing your jobs without a broker server.
 
-    app = conveyor.testing.memory_app()
-    ...register jobs on app...
-    with capture_signals(app) as events:
-        my_job.send(1)
-        run_until_idle(app)
-    assert [e.name for e in events if e.name == "job.completed"]
+app = conveyor.testing.memory_app()
+...register jobs on app...
+with capture_signals(app) as events:
+    my_job.send(1)
+    run_until_idle(app)
+assert [e.name for e in events if e.name == "job.completed"]
 """
 
 from __future__ import annotations
@@ -25,23 +25,22 @@ def memory_app() -> App:
     return App("memory://")
 
 
-def run_until_idle(
-    app: App, queues: Iterable[str] = (), concurrency: int = 4, **options: float
-) -> WorkerResult:
+def run_until_idle(app: App, queues: Iterable[str] = (), concurrency: int = 4, **options: float) -> WorkerResult:
     """Run a burst worker until no ready job and no pending retry remains.
 
     Retries use each job's backoff, so give test jobs a short one. Extra
     keyword options go to :class:`~conveyor.WorkerConfig`.
     """
     config = WorkerConfig(
-        queues=tuple(queues), concurrency=concurrency, burst=True, **options  # type: ignore[arg-type]
+        queues=tuple(queues),
+        concurrency=concurrency,
+        burst=True,
+        **options,  # type: ignore[arg-type]
     )
     return asyncio.run(Worker(app, config).run())
 
 
-async def run_until_idle_async(
-    app: App, queues: Iterable[str] = (), concurrency: int = 4
-) -> WorkerResult:
+async def run_until_idle_async(app: App, queues: Iterable[str] = (), concurrency: int = 4) -> WorkerResult:
     """Async form of :func:`run_until_idle`."""
     config = WorkerConfig(queues=tuple(queues), concurrency=concurrency, burst=True)
     return await Worker(app, config).run()
@@ -55,9 +54,7 @@ class CapturedSignals(list[Event]):
 
 
 @contextmanager
-def capture_signals(
-    app: App, signals: Iterable[Signal | str] | None = None
-) -> Iterator[CapturedSignals]:
+def capture_signals(app: App, signals: Iterable[Signal | str] | None = None) -> Iterator[CapturedSignals]:
     """Collect events emitted on ``app``'s bus (all, or only ``signals``) while inside."""
     captured = CapturedSignals()
     lock = threading.Lock()

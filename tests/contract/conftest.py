@@ -29,6 +29,12 @@ def factory(request: pytest.FixtureRequest) -> ModuleType:
     return FACTORIES[request.param]
 
 
+@pytest.fixture(params=sorted(name for name, mod in FACTORIES.items() if hasattr(mod, "make_peer")))
+def peer_factory(request: pytest.FixtureRequest) -> ModuleType:
+    """Factories whose store can be shared by a second instance (another process)."""
+    return FACTORIES[request.param]
+
+
 @pytest.fixture
 async def broker(factory: ModuleType, tmp_path: Path) -> AsyncIterator[object]:
     async with factory.make(tmp_path) as b:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from types import ModuleType
-
-import pytest
 
 from conveyor.brokers import (
     LEASE_EXPIRED,
@@ -31,8 +30,7 @@ async def test_enqueue_then_lease_returns_the_message_with_attempt_one(broker: B
     m = msg(body=b'{"id":"x","args":[1,2]}', type_="email")
     await broker.enqueue([m])
     [d] = await broker.lease([Q], 10, VT)
-    assert (d.id, d.queue, d.type, d.body, d.attempts, d.redelivery) == (
-        m.id, Q, "email", m.body, 1, "")
+    assert (d.id, d.queue, d.type, d.body, d.attempts, d.redelivery) == (m.id, Q, "email", m.body, 1, "")
     assert d.lease_token
 
 
@@ -137,8 +135,7 @@ async def test_dead_letters_keep_reason_and_error(broker: Broker) -> None:
     [d] = await broker.lease([Q], 1, VT)
     await broker.dead(d, "max_attempts_exceeded", Failure("KeyError", "'x'", "Traceback..."))
     [dl] = await broker.dlq_list(Q)
-    assert (dl.id, dl.queue, dl.type, dl.reason, dl.attempts) == (
-        m.id, Q, "report", "max_attempts_exceeded", 1)
+    assert (dl.id, dl.queue, dl.type, dl.reason, dl.attempts) == (m.id, Q, "report", "max_attempts_exceeded", 1)
     assert (dl.error_type, dl.error_message, dl.traceback) == ("KeyError", "'x'", "Traceback...")
     assert dl.body == m.body and dl.dead_at > 0
     s = (await broker.stats([Q]))[Q]
@@ -254,13 +251,11 @@ async def test_wait_returns_within_its_timeout(broker: Broker) -> None:
     assert time.monotonic() - start < 2.0
 
 
-async def test_a_second_instance_sees_the_same_store(factory: ModuleType, broker: Broker,
-                                                     tmp_path: object) -> None:
-    make_peer = getattr(factory, "make_peer", None)
-    if make_peer is None:
-        pytest.xfail("in-process broker: a second process cannot share it")
-    await broker.enqueue([msg() for _ in range(20)])
-    async with make_peer(tmp_path) as peer:
+async def test_a_second_instance_shares_the_store(peer_factory: ModuleType, tmp_path: Path) -> None:
+    async with peer_factory.make(tmp_path) as broker, peer_factory.make_peer(tmp_path) as peer:
+        await broker.enqueue([msg() for _ in range(20)])
         mine, theirs = await asyncio.gather(broker.lease([Q], 15, VT), peer.lease([Q], 15, VT))
         assert len(mine) + len(theirs) == 20
         assert not {d.id for d in mine} & {d.id for d in theirs}
+        await peer.ack(theirs)
+        assert (await broker.stats([Q]))[Q].in_flight == len(mine)

@@ -118,10 +118,10 @@ class Broker(ABC):
 
     loop_bound: bool = False
 
-    async def connect(self) -> None:
+    async def connect(self) -> None:  # noqa: B027 - optional hook
         """Open connections and create the schema if needed."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
     @abstractmethod
@@ -129,9 +129,7 @@ class Broker(ABC):
         """Store messages atomically; a message with ``eta`` in the future is delayed."""
 
     @abstractmethod
-    async def lease(
-        self, queues: Sequence[str], limit: int, visibility_timeout: float
-    ) -> list[Delivery]:
+    async def lease(self, queues: Sequence[str], limit: int, visibility_timeout: float) -> list[Delivery]:
         """Lease up to ``limit`` due messages from ``queues``.
 
         Order: highest priority first, then earliest ``eta``, then enqueue order.

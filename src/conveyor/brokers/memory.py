@@ -102,9 +102,7 @@ class MemoryBroker(Broker):
         if waiters:
             self._wake()
 
-    async def lease(
-        self, queues: Sequence[str], limit: int, visibility_timeout: float
-    ) -> list[Delivery]:
+    async def lease(self, queues: Sequence[str], limit: int, visibility_timeout: float) -> list[Delivery]:
         now = time.time()
         out: list[Delivery] = []
         with self._lock:
@@ -127,8 +125,18 @@ class MemoryBroker(Broker):
                 rec.token = str(uuid_utils.uuid4())
                 m = rec.msg
                 out.append(
-                    Delivery(m.id, m.queue, m.type, m.body, rec.attempts, rec.token,
-                             m.priority, rec.eta, m.created_at, rec.redelivery)
+                    Delivery(
+                        m.id,
+                        m.queue,
+                        m.type,
+                        m.body,
+                        rec.attempts,
+                        rec.token,
+                        m.priority,
+                        rec.eta,
+                        m.created_at,
+                        rec.redelivery,
+                    )
                 )
         return out
 
@@ -224,10 +232,7 @@ class MemoryBroker(Broker):
 
     def _dead(self, selector: Selector) -> list[_Record]:
         if selector.all:
-            return [
-                r for r in self._records.values()
-                if r.state == "dead" and selector.queue in (None, r.msg.queue)
-            ]
+            return [r for r in self._records.values() if r.state == "dead" and selector.queue in (None, r.msg.queue)]
         recs = (self._records.get(i) for i in selector.ids)
         return [r for r in recs if r is not None and r.state == "dead"]
 
@@ -273,6 +278,15 @@ def _dead_letter(rec: _Record) -> DeadLetter:
     f = rec.failure or Failure()
     m = rec.msg
     return DeadLetter(
-        m.id, m.queue, m.type, m.body, rec.attempts, rec.reason,
-        f.type, f.message, f.traceback, rec.dead_at, m.created_at,
+        m.id,
+        m.queue,
+        m.type,
+        m.body,
+        rec.attempts,
+        rec.reason,
+        f.type,
+        f.message,
+        f.traceback,
+        rec.dead_at,
+        m.created_at,
     )

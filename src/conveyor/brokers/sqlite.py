@@ -70,9 +70,9 @@ _DELIVERY_COLS = "id, queue, type, body, attempts, lease_token, priority, eta, c
 def path_from_url(url: str) -> str:
     """``sqlite:///rel.db`` is relative to the working directory, ``sqlite:////abs.db`` absolute."""
     prefix = "sqlite://"
-    if not url.startswith(prefix) or not url[len(prefix):].startswith("/"):
+    if not url.startswith(prefix) or not url[len(prefix) :].startswith("/"):
         raise ConfigError(f"bad SQLite URL {url!r}; use sqlite:///relative.db or sqlite:////abs.db")
-    path = url[len(prefix) + 1:]
+    path = url[len(prefix) + 1 :]
     if not path or path == ":memory:":
         raise ConfigError(f"bad SQLite URL {url!r}: name a database file")
     return path
@@ -98,9 +98,7 @@ class SQLiteBroker(Broker):
             parent = Path(self.path).resolve().parent
             if not parent.is_dir():
                 raise ConfigError(f"cannot open SQLite database {self.path!r}: no directory {parent}")
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
@@ -146,10 +144,7 @@ class SQLiteBroker(Broker):
     # -- contract -----------------------------------------------------------
     async def enqueue(self, messages: Sequence[Message]) -> None:
         now = time.time()
-        rows = [
-            (m.id, m.queue, m.type, m.priority, m.eta or now, m.body, m.created_at or now)
-            for m in messages
-        ]
+        rows = [(m.id, m.queue, m.type, m.priority, m.eta or now, m.body, m.created_at or now) for m in messages]
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -160,9 +155,7 @@ class SQLiteBroker(Broker):
 
         await self._tx(insert)
 
-    async def lease(
-        self, queues: Sequence[str], limit: int, visibility_timeout: float
-    ) -> list[Delivery]:
+    async def lease(self, queues: Sequence[str], limit: int, visibility_timeout: float) -> list[Delivery]:
         if limit <= 0 or not queues:
             return []
         marks = ",".join("?" * len(queues))
@@ -177,9 +170,7 @@ class SQLiteBroker(Broker):
         def take(conn: sqlite3.Connection) -> list[Delivery]:
             now = time.time()
             token = str(uuid_utils.uuid4())
-            rows = conn.execute(
-                sql, (now + visibility_timeout, token, *queues, now, limit)
-            ).fetchall()
+            rows = conn.execute(sql, (now + visibility_timeout, token, *queues, now, limit)).fetchall()
             rows.sort(key=lambda r: (-r[6], r[7], r[10]))
             return [Delivery(*r[:10]) for r in rows]
 
@@ -189,9 +180,7 @@ class SQLiteBroker(Broker):
         rows = [(d.id, d.lease_token) for d in deliveries]
 
         def delete(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "DELETE FROM conveyor_jobs WHERE id = ? AND lease_token = ? AND state = 1", rows
-            )
+            conn.executemany("DELETE FROM conveyor_jobs WHERE id = ? AND lease_token = ? AND state = 1", rows)
 
         await self._tx(delete)
 
@@ -230,8 +219,7 @@ class SQLiteBroker(Broker):
                 "UPDATE conveyor_jobs SET state = 2, reason = ?, error_type = ?, error_message = ?,"
                 " traceback = ?, dead_at = ?, lease_until = NULL, lease_token = NULL"
                 " WHERE id = ? AND lease_token = ? AND state = 1",
-                (reason, f.type, f.message, f.traceback, time.time(), delivery.id,
-                 delivery.lease_token),
+                (reason, f.type, f.message, f.traceback, time.time(), delivery.id, delivery.lease_token),
             )
 
         await self._tx(bury)
@@ -242,8 +230,7 @@ class SQLiteBroker(Broker):
 
         def push(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE conveyor_jobs SET lease_until = ? WHERE id = ? AND lease_token = ?"
-                " AND state = 1",
+                "UPDATE conveyor_jobs SET lease_until = ? WHERE id = ? AND lease_token = ? AND state = 1",
                 rows,
             )
 
@@ -270,10 +257,7 @@ class SQLiteBroker(Broker):
                 " FROM conveyor_jobs GROUP BY queue",
                 (now, now, now),
             ).fetchall()
-            found = {
-                r[0]: QueueStats(r[1], r[2], r[3], r[4], max(0.0, now - r[5]) if r[5] else 0.0)
-                for r in rows
-            }
+            found = {r[0]: QueueStats(r[1], r[2], r[3], r[4], max(0.0, now - r[5]) if r[5] else 0.0) for r in rows}
             if queues is None:
                 return found
             return {q: found.get(q, QueueStats()) for q in queues}

@@ -92,8 +92,12 @@ class Executor:
         start = time.time()
         if bus.wants(sig.JOB_STARTED):
             bus.emit(
-                sig.JOB_STARTED, job_id=job.id, job_type=job.type, queue=job.queue,
-                attempt=d.attempts, worker_id=self.worker_id,
+                sig.JOB_STARTED,
+                job_id=job.id,
+                job_type=job.type,
+                queue=job.queue,
+                attempt=d.attempts,
+                worker_id=self.worker_id,
                 latency=max(0.0, start - (job.scheduled_at or job.created_at)),
                 redelivery=d.redelivery,
             )
@@ -111,8 +115,13 @@ class Executor:
         self.counters.completed += 1
         if bus.wants(sig.JOB_COMPLETED):
             bus.emit(
-                sig.JOB_COMPLETED, job_id=job.id, job_type=job.type, queue=job.queue,
-                attempt=d.attempts, worker_id=self.worker_id, duration=time.time() - start,
+                sig.JOB_COMPLETED,
+                job_id=job.id,
+                job_type=job.type,
+                queue=job.queue,
+                attempt=d.attempts,
+                worker_id=self.worker_id,
+                duration=time.time() - start,
             )
 
     async def _call(self, definition: JobDef, job: Job, ctx: JobContext) -> Any:
@@ -134,16 +143,20 @@ class Executor:
                 raise JobTimeout(f"job exceeded its timeout of {definition.timeout}s") from exc
             raise
 
-    async def _failed(
-        self, d: Delivery, job: Job, definition: JobDef, exc: BaseException, duration: float
-    ) -> None:
+    async def _failed(self, d: Delivery, job: Job, definition: JobDef, exc: BaseException, duration: float) -> None:
         decision = definition.policy.decide(exc, d.attempts)
         info = ErrorInfo.from_exception(exc)
         self.counters.failed += 1
         if self.bus.wants(sig.JOB_FAILED):
             self.bus.emit(
-                sig.JOB_FAILED, job_id=job.id, job_type=job.type, queue=job.queue,
-                attempt=d.attempts, worker_id=self.worker_id, duration=duration, error=info,
+                sig.JOB_FAILED,
+                job_id=job.id,
+                job_type=job.type,
+                queue=job.queue,
+                attempt=d.attempts,
+                worker_id=self.worker_id,
+                duration=duration,
+                error=info,
                 will_retry=decision.retry,
             )
         if not decision.retry:
@@ -159,8 +172,14 @@ class Executor:
         self.counters.retried += 1
         if self.bus.wants(sig.JOB_RETRYING):
             self.bus.emit(
-                sig.JOB_RETRYING, job_id=job.id, job_type=job.type, queue=job.queue,
-                attempt=d.attempts, worker_id=self.worker_id, delay=decision.delay, error=info,
+                sig.JOB_RETRYING,
+                job_id=job.id,
+                job_type=job.type,
+                queue=job.queue,
+                attempt=d.attempts,
+                worker_id=self.worker_id,
+                delay=decision.delay,
+                error=info,
             )
 
     async def _bury(self, d: Delivery, job: Job | None, reason: str, info: ErrorInfo) -> None:
@@ -173,6 +192,12 @@ class Executor:
         log.warning("job %s (%s) dead-lettered: %s: %s", d.id, d.type, reason, info.message)
         if self.bus.wants(sig.JOB_DEAD):
             self.bus.emit(
-                sig.JOB_DEAD, job_id=d.id, job_type=job.type if job else d.type, queue=d.queue,
-                attempt=d.attempts, worker_id=self.worker_id, reason=reason, error=info,
+                sig.JOB_DEAD,
+                job_id=d.id,
+                job_type=job.type if job else d.type,
+                queue=d.queue,
+                attempt=d.attempts,
+                worker_id=self.worker_id,
+                reason=reason,
+                error=info,
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -116,11 +115,14 @@ class Worker:
         slot_freed = asyncio.Event()
         emit = self.app.bus.emit
         emit(
-            sig.WORKER_STARTED, worker_id=self.id, queues=",".join(self.queues),
-            concurrency=c.concurrency, host=socket.gethostname(), pid=os.getpid(),
+            sig.WORKER_STARTED,
+            worker_id=self.id,
+            queues=",".join(self.queues),
+            concurrency=c.concurrency,
+            host=socket.gethostname(),
+            pid=os.getpid(),
         )
-        log.info("worker %s consuming %s with concurrency %d", self.id, ",".join(self.queues),
-                 c.concurrency)
+        log.info("worker %s consuming %s with concurrency %d", self.id, ",".join(self.queues), c.concurrency)
 
         async def consume() -> None:
             while True:
@@ -159,9 +161,7 @@ class Worker:
             await self.app.aclose()
         return WorkerResult(self.id, self._reason, executor.counters, abandoned)
 
-    async def _fetch(
-        self, broker: Broker, buffer: asyncio.Queue[Delivery | None], slot_freed: asyncio.Event
-    ) -> None:
+    async def _fetch(self, broker: Broker, buffer: asyncio.Queue[Delivery | None], slot_freed: asyncio.Event) -> None:
         c = self.config
         idle_wait = 0.01
         while not self._stopping.is_set():
@@ -234,10 +234,11 @@ class Worker:
 
     async def _wait_consumers(self, consumers: Sequence[asyncio.Task[None]]) -> None:
         """Wait for running jobs until they finish, the timeout passes or a second stop."""
-        everyone = asyncio.gather(*consumers, return_exceptions=True)
         forced = asyncio.ensure_future(self._forced.wait())
+        waits: list[asyncio.Future[Any]] = [asyncio.gather(*consumers, return_exceptions=True), forced]
         await asyncio.wait(
-            [everyone, forced], timeout=self.config.shutdown_timeout,
+            waits,
+            timeout=self.config.shutdown_timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         forced.cancel()
@@ -265,8 +266,13 @@ class Worker:
                 stats = await _quietly(broker.stats(self.queues), "read queue stats")
                 for queue, s in (stats or {}).items():
                     self.app.bus.emit(
-                        sig.QUEUE_DEPTH, queue=queue, ready=s.ready, delayed=s.delayed,
-                        in_flight=s.in_flight, dead=s.dead, oldest_age=s.oldest_age_s,
+                        sig.QUEUE_DEPTH,
+                        queue=queue,
+                        ready=s.ready,
+                        delayed=s.delayed,
+                        in_flight=s.in_flight,
+                        dead=s.dead,
+                        oldest_age=s.oldest_age_s,
                     )
             await asyncio.sleep(min(c.rescue_interval, c.stats_interval, 1.0))
 

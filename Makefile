@@ -1,0 +1,41 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DURATION ?= 60
+PYTEST_ARGS ?=
+
+.PHONY: demo test services lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,redis,postgres,prometheus,otel]'
+	touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core
+	$(BIN)/conveyor demo --duration $(DURATION)
+
+services:
+	bash .ci/services.sh
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests examples bench
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy --strict src
+
+test: $(VENV)/.dev services lint typecheck
+	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+unit: $(VENV)/.dev
+	$(BIN)/pytest -q tests/unit tests/contract -k "memory or sqlite or not contract"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache conveyor-demo.db*

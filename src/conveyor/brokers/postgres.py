@@ -1,0 +1,338 @@
+"""The PostgreSQL broker: many hosts, one table, ``FOR UPDATE SKIP LOCKED`` and LISTEN/NOTIFY.
+
+Jobs live in ``<schema>.jobs`` (schema ``conveyor`` unless the URL says
+``?schema=...``). A lease is one statement that locks the best ready rows
+with ``FOR UPDATE SKIP LOCKED`` and marks them leased, so workers on any
+number of hosts never take the same job nor wait for each other. Statements
+that make work ready send ``pg_notify`` in the same transaction; a dedicated
+listening connection turns those into early returns from :meth:`wait`, and
+polling stays the fallback when it is down. The schema is versioned and
+created by :meth:`PostgresBroker.migrate` (on :meth:`connect` unless
+``auto_migrate=false``). See docs/brokers/postgres.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+import uuid_utils
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import ConfigError
+from .base import (
+    LEASE_EXPIRED,
+    MANUAL_RETRY,
+    WORKER_SHUTDOWN,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Failure,
+    Message,
+    QueueStats,
+    Selector,
+)
+from .postgres_sql import Queries, Settings, enqueue_params, migrations, parse_url
+
+__all__ = ["PostgresBroker"]
+
+log = logging.getLogger("conveyor.brokers.postgres")
+
+Conn = psycopg.AsyncConnection[TupleRow]
+
+#: Seconds between liveness checks of an idle listening connection.
+LISTEN_CHECK_INTERVAL = 30.0
+
+
+class PostgresBroker(Broker):
+    """A broker on a PostgreSQL database, shared by every worker that uses the same schema."""
+
+    loop_bound = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sql = Queries(settings)
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listen_conn: Conn | None = None
+        self._wake = asyncio.Event()
+        self._seq = 0
+        self._notified: dict[str, int] = {}
+        self._everyone = 0
+        self._seen: dict[tuple[str, ...], int] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBroker:
+        """``postgresql://user:pw@host:5432/db?schema=conveyor&auto_migrate=true&pool_max=10``."""
+        return cls(parse_url(url))
+
+    def __repr__(self) -> str:
+        return f"PostgresBroker(schema={self.settings.schema!r})"
+
+    # -- connections ----------------------------------------------------------
+    async def _direct(self) -> Conn:
+        """A connection outside the pool; libpq's own error explains a failure."""
+        return await psycopg.AsyncConnection.connect(self.settings.conninfo, autocommit=True)
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            raise RuntimeError("PostgresBroker is not connected: await broker.connect() first")
+        return self._pool
+
+    async def connect(self) -> None:
+        """Check the server, migrate the schema (unless ``auto_migrate=false``), open the pool."""
+        if self._pool is not None:
+            return
+        async with await self._direct() as conn:
+            if self.settings.auto_migrate:
+                await self._migrate(conn)
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.settings.conninfo,
+            min_size=self.settings.pool_min,
+            max_size=self.settings.pool_max,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"conveyor-{self.settings.schema}",
+        )
+        await pool.open(wait=self.settings.pool_min > 0)
+        self._pool = pool
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema to this release's version; safe to run anywhere, any time.
+
+        Concurrent migrations (several processes starting at once) take turns on
+        a transaction-scoped advisory lock, so each change is applied exactly once.
+        """
+        async with await self._direct() as conn:
+            await self._migrate(conn)
+
+    async def schema_version(self) -> int:
+        """The version recorded in the schema (0 when it was never migrated)."""
+        async with await self._direct() as conn:
+            cur = await conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (f"{self.sql.schema}.schema_version",)
+            )
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return 0
+            cur = await conn.execute(self.sql.current_version)
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    async def _migrate(self, conn: Conn) -> None:
+        steps = migrations(self.settings.schema)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", self.settings.lock_key)
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.settings.schema,)
+            )
+            if await cur.fetchone() is None:
+                await conn.execute(f"CREATE SCHEMA {self.sql.schema}")
+            await conn.execute(self.sql.version_table)
+            cur = await conn.execute(self.sql.current_version)
+            row = await cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current > steps[-1][0]:
+                raise ConfigError(
+                    f"schema {self.settings.schema!r} is at version {current}, newer than this"
+                    f" conveyor knows ({steps[-1][0]}); upgrade conveyor"
+                )
+            for version, ddl in steps:
+                if version > current:
+                    await conn.execute(ddl)
+                    await conn.execute(self.sql.record_version, (version,))
+                    log.info("migrated schema %s to version %d", self.settings.schema, version)
+
+    async def _fetch(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+
+    async def _run(self, query: str, params: Mapping[str, Any]) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount
+
+    async def _notifying(self, query: str, params: Mapping[str, Any]) -> list[str]:
+        """Run a statement built by ``_notifying`` (see postgres_sql); return the changed ids."""
+        rows = await self._fetch(query, {"channel": self.sql.channel, **params})
+        ids: list[str] = rows[0][0] if rows else []
+        return ids
+
+    # -- contract -----------------------------------------------------------
+    async def enqueue(self, messages: Sequence[Message]) -> None:
+        if messages:
+            await self._notifying(
+                self.sql.enqueue, enqueue_params(self.sql.channel, messages, time.time())
+            )
+
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float
+    ) -> list[Delivery]:
+        names = list(dict.fromkeys(queues))
+        if limit <= 0 or not names:
+            return []
+        now = time.time()
+        params: dict[str, Any] = {f"q{i}": q for i, q in enumerate(names)}
+        params.update(
+            now=now, limit=limit, until=now + visibility_timeout, token=str(uuid_utils.uuid4())
+        )
+        rows = await self._fetch(self.sql.lease(len(names)), params)
+        rows.sort(key=lambda r: (-r[6], r[7], r[10]))
+        return [Delivery(*r[:10]) for r in rows]
+
+    @staticmethod
+    def _pairs(deliveries: Sequence[Delivery]) -> dict[str, Any]:
+        return {"ids": [d.id for d in deliveries], "tokens": [d.lease_token for d in deliveries]}
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            await self._run(self.sql.ack, self._pairs(deliveries))
+
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+        f = failure or Failure()
+        await self._notifying(self.sql.nack, {
+            "now": time.time(), "retry_at": retry_at, "etype": f.type, "emsg": f.message,
+            "tb": f.traceback, "id": delivery.id, "token": delivery.lease_token,
+        })
+
+    async def release(self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN) -> None:
+        if deliveries:
+            await self._notifying(
+                self.sql.release, {"now": time.time(), "reason": reason, **self._pairs(deliveries)}
+            )
+
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+        f = failure or Failure()
+        await self._run(self.sql.dead, {
+            "reason": reason, "etype": f.type, "emsg": f.message, "tb": f.traceback,
+            "now": time.time(), "id": delivery.id, "token": delivery.lease_token,
+        })
+
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
+        if deliveries:
+            until = time.time() + visibility_timeout
+            await self._run(self.sql.extend, {"until": until, **self._pairs(deliveries)})
+
+    async def rescue(self) -> list[str]:
+        return await self._notifying(self.sql.rescue, {"now": time.time(), "reason": LEASE_EXPIRED})
+
+    async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        now = time.time()
+        if queues is None:
+            rows = await self._fetch(self.sql.stats_all, {"now": now})
+        else:
+            rows = await self._fetch(self.sql.stats_some, {"now": now, "queues": list(queues)})
+        found = {
+            r[0]: QueueStats(r[1], r[2], r[3], r[4], max(0.0, now - r[5]) if r[5] else 0.0)
+            for r in rows
+        }
+        if queues is None:
+            return found
+        return {q: found.get(q, QueueStats()) for q in queues}
+
+    def _where(self, selector: Selector) -> tuple[str, dict[str, Any]]:
+        if selector.all:
+            return self.sql.dlq_where(None, selector.queue)
+        return self.sql.dlq_where(selector.ids, None)
+
+    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        if queue is None:
+            rows = await self._fetch(self.sql.dlq_list_all, {"limit": limit})
+        else:
+            rows = await self._fetch(self.sql.dlq_list_queue, {"limit": limit, "queue": queue})
+        return [DeadLetter(*r) for r in rows]
+
+    async def dlq_retry(self, selector: Selector) -> int:
+        where, params = self._where(selector)
+        ids = await self._notifying(
+            self.sql.dlq_retry(where), {"now": time.time(), "reason": MANUAL_RETRY, **params}
+        )
+        return len(ids)
+
+    async def dlq_purge(self, selector: Selector) -> int:
+        where, params = self._where(selector)
+        return await self._run(self.sql.dlq_purge(where), params)
+
+    # -- LISTEN/NOTIFY --------------------------------------------------------
+    @property
+    def listening(self) -> bool:
+        """Whether the notification connection is up (it starts on the first :meth:`wait`)."""
+        return self._listen_conn is not None
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when one of ``queues`` is notified of ready work, or after ``timeout``.
+
+        A notification that arrived since the previous call for the same queues
+        returns at once, so none is lost between a lease and the next wait.
+        """
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="conveyor-postgres-listen"
+            )
+        key = tuple(sorted(set(queues)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            latest = max([self._everyone, *(self._notified.get(q, 0) for q in key)])
+            if latest > self._seen.get(key, 0):
+                self._seen[key] = latest
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _signal(self, queue: str | None) -> None:
+        """Record a notification (``None``: everyone, e.g. after reconnecting) and wake waiters."""
+        self._seq += 1
+        if queue is None:
+            self._everyone = self._seq
+        else:
+            self._notified[queue] = self._seq
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def _listen(self) -> None:
+        """Keep one connection LISTENing; reconnect with backoff when it drops."""
+        delay = 0.05
+        while True:
+            try:
+                async with await self._direct() as conn:
+                    await conn.execute(self.sql.listen)
+                    self._listen_conn = conn
+                    delay = 0.05
+                    self._signal(None)  # anything sent while we were not listening
+                    try:
+                        while True:
+                            async for note in conn.notifies(timeout=LISTEN_CHECK_INTERVAL):
+                                self._signal(note.payload)
+                            await conn.execute("SELECT 1")
+                    finally:
+                        self._listen_conn = None
+            except Exception as exc:
+                log.warning("PostgreSQL listen connection lost (%s); reconnecting in %.2fs",
+                            exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

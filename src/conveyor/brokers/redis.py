@@ -1,0 +1,328 @@
+"""The Redis broker: sorted sets for order, one hash per job, Lua for atomicity.
+
+Every change of a job's state (enqueue, lease, ack, nack, release, dead,
+extend, rescue, DLQ retry and purge) is one Lua script, so a client killed at
+any point leaves each job in exactly one place; whatever was leased sits in
+the in-flight set until it is acked or :meth:`RedisBroker.rescue` puts it
+back. Scripts that make work ready publish on a channel that idle workers
+listen to, so :meth:`RedisBroker.wait` returns at once. See
+docs/brokers/redis.md for the key layout and URL options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import uuid_utils
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from ..errors import ConfigError
+from . import redis_scripts as lua
+from .base import Broker, DeadLetter, Delivery, Failure, Message, QueueStats, Selector
+
+log = logging.getLogger("conveyor.brokers.redis")
+
+DEFAULT_PREFIX = "conveyor"
+#: Jobs one rescue / DLQ script call handles; larger sets take several calls.
+BATCH = 500
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """Return ``(url for redis-py, key prefix)``: the ``prefix`` query parameter is ours."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [v for k, v in query if k == "prefix"]
+    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    if not prefix or any(c.isspace() or c in "*?[]{}" for c in prefix):
+        raise ConfigError(f"bad Redis key prefix {prefix!r}: use letters, digits, '_', '.', ':', '-'")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBroker(Broker):
+    """A broker on one Redis server (or a primary behind Sentinel-aware proxies)."""
+
+    loop_bound = True
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = DEFAULT_PREFIX) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client: Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._listener: asyncio.Task[None] | None = None
+        # Wake-up bookkeeping (see wait()): a counter per queue bumped by every
+        # notification that work is ready, an epoch bumped on (re)subscription,
+        # and the earliest known due time of delayed work per queue.
+        self._gen: dict[str, int] = {}
+        self._epoch = 0
+        self._seen: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._due: dict[str, float] = {}
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBroker:
+        """``redis://[user:pass@]host:port/db?prefix=conveyor`` (``rediss://`` for TLS)."""
+        plain, prefix = split_url(url)
+        return cls(plain, prefix)
+
+    def __repr__(self) -> str:
+        return f"RedisBroker(prefix={self.prefix!r})"
+
+    # -- plumbing ---------------------------------------------------------
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def client(self) -> Redis:
+        """The connected redis-py client."""
+        if self._client is None:
+            raise RuntimeError("RedisBroker is not connected; await broker.connect() first")
+        return self._client
+
+    async def _run(self, name: str, *args: str | bytes | int | float) -> Any:
+        if self._client is None:
+            await self.connect()
+        return await self._scripts[name](args=[self.prefix, *args])
+
+    async def connect(self) -> None:
+        """Connect, check the server answers, and register the scripts."""
+        if self._client is not None:
+            return
+        client = Redis.from_url(self.url, decode_responses=False)
+        try:
+            await client.ping()
+        except Exception:
+            await client.aclose()
+            raise
+        names = ("ENQUEUE", "LEASE", "ACK", "NACK", "RELEASE", "DEAD", "EXTEND", "RESCUE",
+                 "DLQ_RETRY", "DLQ_PURGE", "DLQ_LIST")
+        self._scripts = {n: client.register_script(getattr(lua, n)) for n in names}
+        self._client = client
+
+    async def close(self) -> None:
+        """Stop listening for wake-ups and close the connection pool."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- contract -----------------------------------------------------------
+    async def enqueue(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        now = time.time()
+        args: list[str | bytes] = []
+        for m in messages:
+            args += [m.id, m.queue, m.type, m.body, str(m.priority), repr(float(m.eta or now)),
+                     repr(float(m.created_at or now))]
+        await self._run("ENQUEUE", repr(now), *args)
+
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float
+    ) -> list[Delivery]:
+        qs = tuple(dict.fromkeys(queues))
+        if limit <= 0 or not qs:
+            return []
+        self._seen[qs] = self._mark(qs)
+        now = time.time()
+        token = str(uuid_utils.uuid4())
+        rows, nexts = await self._run(
+            "LEASE", repr(now), repr(now + visibility_timeout), limit, token, *qs
+        )
+        for q, due in zip(qs, nexts, strict=True):
+            if due:
+                self._due[q] = min(self._due.get(q, math.inf), float(due))
+        return [
+            Delivery(_s(r[0]), _s(r[1]), _s(r[2]), r[3], int(r[4]), token, int(r[5]),
+                     float(r[6]), float(r[7]), _s(r[8]))
+            for r in rows
+        ]
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            await self._run("ACK", *_pairs(deliveries))
+
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+        f = failure or Failure()
+        await self._run("NACK", repr(time.time()), delivery.id, delivery.lease_token,
+                        repr(float(retry_at)), f.type, f.message, f.traceback)
+
+    async def release(self, deliveries: Sequence[Delivery], reason: str = "worker_shutdown") -> None:
+        if deliveries:
+            await self._run("RELEASE", repr(time.time()), reason, *_pairs(deliveries))
+
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+        f = failure or Failure()
+        await self._run("DEAD", repr(time.time()), delivery.id, delivery.lease_token, reason,
+                        f.type, f.message, f.traceback)
+
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
+        if deliveries:
+            until = repr(time.time() + visibility_timeout)
+            await self._run("EXTEND", until, *_pairs(deliveries))
+
+    async def rescue(self) -> list[str]:
+        rescued: list[str] = []
+        while True:
+            back, scanned = await self._run("RESCUE", repr(time.time()), BATCH)
+            rescued += [_s(i) for i in back]
+            if scanned < BATCH:
+                return rescued
+
+    async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        if self._client is None:
+            await self.connect()
+        client = self.client
+        if queues is None:
+            names = sorted(_s(q) for q in await client.smembers(self._k("queues")))
+        else:
+            names = list(dict.fromkeys(queues))
+        if not names:
+            return {}
+        now = time.time()
+        async with client.pipeline(transaction=True) as pipe:
+            for q in names:
+                delayed = self._k("delayed", q)
+                pipe.zcard(self._k("ready", q))
+                pipe.zcount(delayed, "-inf", repr(now))
+                pipe.zcount(delayed, f"({now!r}", "+inf")
+                pipe.hget(self._k("leased"), q)
+                pipe.zcard(self._k("dead", q))
+                pipe.zrange(self._k("age", q), 0, 0, withscores=True)
+                pipe.zrange(delayed, 0, 0, withscores=True)
+            res = await pipe.execute()
+        out = {}
+        for i, q in enumerate(names):
+            ready, due, later, leased, dead, age_head, delayed_head = res[7 * i: 7 * i + 7]
+            oldest = [s for _, s in age_head] + [s for _, s in delayed_head if s <= now]
+            age = max(0.0, now - min(oldest)) if oldest else 0.0
+            out[q] = QueueStats(ready + due, later, max(0, int(leased or 0)), dead, age)
+        return out
+
+    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        rows = await self._run("DLQ_LIST", queue or "", limit)
+        return [
+            DeadLetter(_s(r[0]), _s(r[1]), _s(r[2]), r[3], int(r[4]), _s(r[5]), _s(r[6]),
+                       _s(r[7]), _s(r[8]), float(r[9] or 0), float(r[10] or 0))
+            for r in rows
+        ]
+
+    async def dlq_retry(self, selector: Selector) -> int:
+        return await self._dlq("DLQ_RETRY", selector)
+
+    async def dlq_purge(self, selector: Selector) -> int:
+        return await self._dlq("DLQ_PURGE", selector)
+
+    async def _dlq(self, script: str, selector: Selector) -> int:
+        total = 0
+        if not selector.all:
+            ids = list(dict.fromkeys(selector.ids))
+            for i in range(0, len(ids), BATCH):
+                done, _ = await self._run(script, repr(time.time()), "ids", "", *ids[i: i + BATCH])
+                total += int(done)
+            return total
+        while True:
+            done, scanned = await self._run(script, repr(time.time()), "all",
+                                            selector.queue or "", BATCH)
+            total += int(done)
+            if scanned < BATCH:
+                return total
+
+    # -- waking idle workers ------------------------------------------------
+    def _mark(self, queues: tuple[str, ...]) -> tuple[int, ...]:
+        return (self._epoch, *(self._gen.get(q, 0) for q in queues))
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a job may be ready in ``queues``, or after ``timeout`` seconds.
+
+        Wakes on a notification that arrived since the last :meth:`lease` of
+        these queues, or when the earliest known delayed job falls due.
+        """
+        end = time.monotonic() + max(0.0, timeout)
+        qs = tuple(dict.fromkeys(queues))
+        if self._listener is None and self._client is not None:
+            self._listener = asyncio.create_task(self._listen(), name="conveyor-redis-wake")
+        while True:
+            changed = self._changed  # captured before checking: a later set() still wakes us
+            mark = self._mark(qs)
+            if self._seen.setdefault(qs, mark) != mark:
+                self._seen[qs] = mark
+                return
+            now_wall = time.time()
+            due = [q for q in qs if q in self._due]
+            if any(self._due[q] <= now_wall for q in due):
+                for q in due:
+                    if self._due[q] <= now_wall:
+                        del self._due[q]
+                return
+            left = end - time.monotonic()
+            if due:
+                left = min(left, min(self._due[q] for q in due) - now_wall)
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+
+    def _poke(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _listen(self) -> None:
+        """Follow the wake channel; a (re)subscription wakes every waiter, since
+        notifications may have been missed while not subscribed."""
+        delay = 0.05
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self._k("wake"))
+                async for msg in pubsub.listen():
+                    if msg["type"] == "subscribe":
+                        self._epoch += 1
+                        delay = 0.05
+                    elif msg["type"] == "message":
+                        self._note(msg["data"])
+                    else:
+                        continue
+                    self._poke()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("redis wake-up channel lost (%s); retrying in %.2fs", exc, delay)
+                self._epoch += 1
+                self._poke()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                close: Callable[[], Awaitable[None]] = pubsub.aclose  # untyped in redis-py
+                with contextlib.suppress(Exception):
+                    await close()
+
+    def _note(self, data: bytes) -> None:
+        eta_s, _, queue_b = data.partition(b" ")
+        queue, eta = _s(queue_b), float(eta_s)
+        if eta <= time.time():
+            self._gen[queue] = self._gen.get(queue, 0) + 1
+        else:
+            self._due[queue] = min(self._due.get(queue, math.inf), eta)
+
+
+def _pairs(deliveries: Sequence[Delivery]) -> list[str]:
+    return [x for d in deliveries for x in (d.id, d.lease_token)]

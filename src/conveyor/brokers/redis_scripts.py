@@ -1,0 +1,312 @@
+"""Lua scripts of the Redis broker: each state change runs as one atomic script.
+
+Every script gets the key prefix as ``ARGV[1]`` and builds its keys from it
+(see docs/brokers/redis.md for the layout). Numbers cross the Lua boundary as
+strings so that floats keep every digit. A job is ``ready`` (in
+``ready:<q>`` and ``age:<q>``), ``delayed`` (in ``delayed:<q>``), ``leased``
+(in ``inflight``, counted in ``leased``) or ``dead`` (in ``dead`` and
+``dead:<q>``); its hash field ``state`` says which.
+"""
+
+from __future__ import annotations
+
+#: Most delayed jobs one lease call promotes per queue (bounds the script's run time).
+PROMOTE_BATCH = 1000
+
+_PRELUDE = """
+local P = ARGV[1]
+local function jkey(id) return P .. ':job:' .. id end
+
+-- ready:<q> is scored by -priority; equal scores sort by member, which starts
+-- with a fixed-width eta (microseconds) and the enqueue sequence number.
+local function make_ready(id, jk, q, eta)
+  local f = redis.call('HMGET', jk, 'priority', 'seq')
+  local e = math.min(math.max(tonumber(eta), 0), 1e13)
+  local rk = string.format('%020.0f', e * 1e6) .. ':' .. string.format('%015.0f', tonumber(f[2]))
+    .. ':' .. id
+  redis.call('HSET', jk, 'state', 'ready', 'eta', eta, 'token', '', 'until', '', 'rk', rk)
+  redis.call('ZADD', P .. ':ready:' .. q, -tonumber(f[1]), rk)
+  redis.call('ZADD', P .. ':age:' .. q, eta, id)
+end
+
+local function place(id, jk, q, eta, now)
+  if tonumber(eta) > now then
+    redis.call('HSET', jk, 'state', 'delayed', 'eta', eta, 'token', '', 'until', '', 'rk', '')
+    redis.call('ZADD', P .. ':delayed:' .. q, eta, id)
+  else
+    make_ready(id, jk, q, eta)
+  end
+end
+
+-- wake[q] = earliest eta placed in q by this script; published once per queue.
+local function note(wake, q, eta)
+  local old = wake[q]
+  if old == nil or tonumber(eta) < tonumber(old) then wake[q] = eta end
+end
+
+local function publish(wake)
+  for q, eta in pairs(wake) do
+    redis.call('PUBLISH', P .. ':wake', eta .. ' ' .. q)
+  end
+end
+
+-- The queue of a job leased with this token, or nil when the lease was lost.
+local function owned(id, token)
+  local f = redis.call('HMGET', jkey(id), 'state', 'token', 'queue')
+  if f[1] == 'leased' and f[2] == token then return f[3] end
+  return nil
+end
+
+local function unlease(id, q)
+  redis.call('ZREM', P .. ':inflight', id)
+  redis.call('HINCRBY', P .. ':leased', q, -1)
+end
+
+local function undead(id, q)
+  redis.call('ZREM', P .. ':dead', id)
+  redis.call('ZREM', P .. ':dead:' .. q, id)
+end
+
+-- Dead letters chosen by ARGV[3] = 'ids' (ids in ARGV[5..]) or 'all'
+-- (ARGV[4] = queue or '', ARGV[5] = batch size); returns the ids.
+local function select_dead()
+  if ARGV[3] == 'ids' then
+    local ids = {}
+    for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+    return ids
+  end
+  local zk = P .. ':dead'
+  if ARGV[4] ~= '' then zk = zk .. ':' .. ARGV[4] end
+  return redis.call('ZRANGE', zk, 0, tonumber(ARGV[5]) - 1)
+end
+
+-- Drop an index entry whose job is gone or no longer dead (never expected).
+local function drop_stale(id)
+  redis.call('ZREM', P .. ':dead', id)
+  if ARGV[4] ~= '' then redis.call('ZREM', P .. ':dead:' .. ARGV[4], id) end
+end
+
+local function dead_queue(id)
+  local f = redis.call('HMGET', jkey(id), 'state', 'queue')
+  if f[1] == 'dead' then return f[2] end
+  return nil
+end
+"""
+
+# ARGV: prefix, now, then (id, queue, type, body, priority, eta, created_at) per message.
+ENQUEUE = _PRELUDE + """
+local now = tonumber(ARGV[2])
+local wake = {}
+for i = 3, #ARGV, 7 do
+  local id, q, eta = ARGV[i], ARGV[i + 1], ARGV[i + 5]
+  local jk = jkey(id)
+  if redis.call('EXISTS', jk) == 0 then
+    local seq = redis.call('INCR', P .. ':seq')
+    redis.call('HSET', jk, 'queue', q, 'type', ARGV[i + 2], 'body', ARGV[i + 3],
+      'priority', ARGV[i + 4], 'created_at', ARGV[i + 6], 'seq', seq, 'attempts', 0,
+      'redelivery', '')
+    redis.call('SADD', P .. ':queues', q)
+    place(id, jk, q, eta, now)
+    note(wake, q, eta)
+  end
+end
+publish(wake)
+return 0
+"""
+
+# ARGV: prefix, now, lease deadline, limit, token, queues...
+# Returns {deliveries, next due eta per queue ('' when none)}; a delivery is
+# {id, queue, type, body, attempts, priority, eta, created_at, redelivery}.
+LEASE = _PRELUDE + """
+local now, deadline, limit, token = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local cands, nexts = {}, {}
+for i = 6, #ARGV do
+  local q = ARGV[i]
+  local dk = P .. ':delayed:' .. q
+  local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', dk, id)
+    local jk = jkey(id)
+    local eta = redis.call('HGET', jk, 'eta')
+    if eta then make_ready(id, jk, q, eta) end
+  end
+  local head = redis.call('ZRANGE', dk, 0, 0, 'WITHSCORES')
+  nexts[#nexts + 1] = head[2] or ''
+  local top = redis.call('ZRANGE', P .. ':ready:' .. q, 0, limit - 1, 'WITHSCORES')
+  for j = 1, #top, 2 do cands[#cands + 1] = {tonumber(top[j + 1]), top[j], q} end
+end
+table.sort(cands, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local out = {}
+for k = 1, math.min(limit, #cands) do
+  local rk, q = cands[k][2], cands[k][3]
+  local id = string.sub(rk, 38)
+  local jk = jkey(id)
+  redis.call('ZREM', P .. ':ready:' .. q, rk)
+  redis.call('ZREM', P .. ':age:' .. q, id)
+  if redis.call('EXISTS', jk) == 1 then
+    local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+    redis.call('HSET', jk, 'state', 'leased', 'token', token, 'until', deadline, 'rk', '')
+    redis.call('ZADD', P .. ':inflight', deadline, id)
+    redis.call('HINCRBY', P .. ':leased', q, 1)
+    local f = redis.call('HMGET', jk, 'type', 'body', 'priority', 'eta', 'created_at', 'redelivery')
+    out[#out + 1] = {id, q, f[1], f[2], tostring(attempts), f[3], f[4], f[5], f[6]}
+  end
+end
+return {out, nexts}
+""".replace("PROMOTE_BATCH", str(PROMOTE_BATCH))
+
+# ARGV: prefix, then (id, token) pairs.
+ACK = _PRELUDE + """
+for i = 2, #ARGV, 2 do
+  local q = owned(ARGV[i], ARGV[i + 1])
+  if q then
+    unlease(ARGV[i], q)
+    redis.call('DEL', jkey(ARGV[i]))
+  end
+end
+return 0
+"""
+
+# ARGV: prefix, now, id, token, retry_at, error type, error message, traceback.
+NACK = _PRELUDE + """
+local id = ARGV[3]
+local q = owned(id, ARGV[4])
+if not q then return 0 end
+local jk = jkey(id)
+unlease(id, q)
+redis.call('HSET', jk, 'redelivery', '', 'error_type', ARGV[6], 'error_message', ARGV[7],
+  'traceback', ARGV[8])
+place(id, jk, q, ARGV[5], tonumber(ARGV[2]))
+local wake = {}
+note(wake, q, ARGV[5])
+publish(wake)
+return 1
+"""
+
+# ARGV: prefix, now, reason, then (id, token) pairs. The attempt is given back.
+RELEASE = _PRELUDE + """
+local now = tonumber(ARGV[2])
+local wake = {}
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local q = owned(id, ARGV[i + 1])
+  if q then
+    local jk = jkey(id)
+    unlease(id, q)
+    redis.call('HINCRBY', jk, 'attempts', -1)
+    redis.call('HSET', jk, 'redelivery', ARGV[3])
+    local eta = redis.call('HGET', jk, 'eta')
+    if tonumber(eta) > now then eta = ARGV[2] end
+    make_ready(id, jk, q, eta)
+    note(wake, q, eta)
+  end
+end
+publish(wake)
+return 0
+"""
+
+# ARGV: prefix, now, id, token, reason, error type, error message, traceback.
+DEAD = _PRELUDE + """
+local id = ARGV[3]
+local q = owned(id, ARGV[4])
+if not q then return 0 end
+unlease(id, q)
+redis.call('HSET', jkey(id), 'state', 'dead', 'token', '', 'until', '', 'reason', ARGV[5],
+  'error_type', ARGV[6], 'error_message', ARGV[7], 'traceback', ARGV[8], 'dead_at', ARGV[2])
+redis.call('ZADD', P .. ':dead', ARGV[2], id)
+redis.call('ZADD', P .. ':dead:' .. q, ARGV[2], id)
+return 1
+"""
+
+# ARGV: prefix, new lease deadline, then (id, token) pairs.
+EXTEND = _PRELUDE + """
+for i = 3, #ARGV, 2 do
+  if owned(ARGV[i], ARGV[i + 1]) then
+    redis.call('HSET', jkey(ARGV[i]), 'until', ARGV[2])
+    redis.call('ZADD', P .. ':inflight', 'XX', ARGV[2], ARGV[i])
+  end
+end
+return 0
+"""
+
+# ARGV: prefix, now, batch size. Returns the ids put back (at most one batch).
+RESCUE = _PRELUDE + """
+local ids = redis.call('ZRANGEBYSCORE', P .. ':inflight', '-inf', '(' .. ARGV[2],
+  'LIMIT', 0, tonumber(ARGV[3]))
+local back, wake = {}, {}
+for _, id in ipairs(ids) do
+  local jk = jkey(id)
+  local f = redis.call('HMGET', jk, 'state', 'queue')
+  if f[1] == 'leased' then
+    unlease(id, f[2])
+    redis.call('HSET', jk, 'redelivery', 'lease_expired')
+    make_ready(id, jk, f[2], ARGV[2])
+    note(wake, f[2], ARGV[2])
+    back[#back + 1] = id
+  else
+    redis.call('ZREM', P .. ':inflight', id)
+  end
+end
+publish(wake)
+return {back, #ids}
+"""
+
+# ARGV: prefix, now, selection (see select_dead). Returns {moved, scanned}.
+DLQ_RETRY = _PRELUDE + """
+local ids = select_dead()
+local moved, wake = 0, {}
+for _, id in ipairs(ids) do
+  local q = dead_queue(id)
+  if q then
+    local jk = jkey(id)
+    undead(id, q)
+    redis.call('HSET', jk, 'attempts', 0, 'redelivery', 'manual_retry', 'reason', '',
+      'error_type', '', 'error_message', '', 'traceback', '', 'dead_at', '')
+    make_ready(id, jk, q, ARGV[2])
+    note(wake, q, ARGV[2])
+    moved = moved + 1
+  elseif ARGV[3] == 'all' then
+    drop_stale(id)
+  end
+end
+publish(wake)
+return {moved, #ids}
+"""
+
+# ARGV: prefix, now, selection (see select_dead). Returns {deleted, scanned}.
+DLQ_PURGE = _PRELUDE + """
+local ids = select_dead()
+local gone = 0
+for _, id in ipairs(ids) do
+  local q = dead_queue(id)
+  if q then
+    undead(id, q)
+    redis.call('DEL', jkey(id))
+    gone = gone + 1
+  elseif ARGV[3] == 'all' then
+    drop_stale(id)
+  end
+end
+return {gone, #ids}
+"""
+
+# ARGV: prefix, queue or '', limit. Oldest dead letter first; each row is
+# {id, queue, type, body, attempts, reason, error type, error message, traceback,
+# dead_at, created_at}.
+DLQ_LIST = _PRELUDE + """
+local zk = P .. ':dead'
+if ARGV[2] ~= '' then zk = zk .. ':' .. ARGV[2] end
+local rows = {}
+for _, id in ipairs(redis.call('ZRANGE', zk, 0, tonumber(ARGV[3]) - 1)) do
+  local f = redis.call('HMGET', jkey(id), 'queue', 'type', 'body', 'attempts', 'reason',
+    'error_type', 'error_message', 'traceback', 'dead_at', 'created_at')
+  if f[1] then
+    rows[#rows + 1] = {id, f[1], f[2], f[3], f[4], f[5] or '', f[6] or '', f[7] or '',
+      f[8] or '', f[9] or '0', f[10] or '0'}
+  end
+end
+return rows
+"""

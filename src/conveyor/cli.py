@@ -1,0 +1,328 @@
+"""The ``conveyor`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from .app import App
+from .brokers import Selector
+from .errors import ConveyorError
+from .worker import Worker, WorkerConfig, WorkerResult
+
+APP_HELP = "APP is module:attribute, e.g. myproject.tasks:app (importable from the current directory)."
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attribute`` and return the :class:`App` it names."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.UsageError(f"APP must look like module:attribute, got {path!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise click.ClickException(f"cannot import module {module_name!r} (APP {path!r})") from exc
+        raise click.ClickException(f"importing {module_name!r} failed: {exc}") from exc
+    except ConveyorError as exc:
+        raise click.ClickException(f"{module_name}: {exc}") from exc
+    app = module
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise click.ClickException(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(app, App):
+        raise click.ClickException(f"{path} is a {type(app).__name__}, not a conveyor.App")
+    return app
+
+
+def _json_arg(text: str | None, kind: type, what: str) -> Any:
+    if text is None:
+        return kind()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc.msg} at column {exc.colno})", param_hint=what) from None
+    if not isinstance(value, kind):
+        raise click.BadParameter(f"must be a JSON {'list' if kind is list else 'object'}", param_hint=what)
+    return value
+
+
+class _Group(click.Group):
+    """Turns conveyor's own errors into one line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConveyorError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, help="conveyor: background jobs in which every job is observable.")
+@click.version_option(package_name="conveyor")
+def main() -> None:
+    pass
+
+
+@main.command(epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+@click.option(
+    "-q", "--queue", "queues", multiple=True, help="Queue to consume (repeatable); default: the app's queues."
+)
+@click.option("-c", "--concurrency", default=8, show_default=True, type=click.IntRange(min=1), help="Jobs run at once.")
+@click.option("--prefetch", type=click.IntRange(min=0), help="Extra jobs leased ahead; default: concurrency.")
+@click.option("--burst", is_flag=True, help="Exit once no ready job and no retry of this worker remains.")
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds running jobs get to finish on SIGTERM/SIGINT.",
+)
+@click.option(
+    "--visibility-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Lease length; heartbeats renew it.",
+)
+@click.option(
+    "--poll-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Longest wait between polls when idle.",
+)
+@click.option(
+    "--log-level", default="INFO", show_default=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line, with job context.",
+)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+def worker(
+    app_path: str,
+    queues: tuple[str, ...],
+    concurrency: int,
+    prefetch: int | None,
+    burst: bool,
+    shutdown_timeout: float,
+    visibility_timeout: float,
+    poll_interval: float,
+    log_level: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (twice to requeue running jobs and exit at once)."""
+    app = load_app(app_path)
+    if log_format == "json" or metrics_port is not None:
+        from .telemetry.cli import setup_worker_telemetry
+
+        setup_worker_telemetry(
+            app, log_format=log_format, log_level=log_level, metrics_host=metrics_host, metrics_port=metrics_port
+        )
+    elif not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = WorkerConfig(
+        queues=queues,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        burst=burst,
+        shutdown_timeout=shutdown_timeout,
+        visibility_timeout=visibility_timeout,
+        poll_interval=poll_interval,
+    )
+    result = run_worker(app, config)
+    c = result.counters
+    click.echo(
+        f"worker {result.worker_id} stopped ({result.reason}): {c.completed} completed,"
+        f" {c.failed} failed attempts, {c.retried} retried, {c.dead} dead",
+        err=True,
+    )
+    if result.abandoned:
+        # Threads of abandoned sync jobs would keep the interpreter alive: leave now.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def run_worker(app: App, config: WorkerConfig) -> WorkerResult:
+    """Run ``Worker(app, config)`` with SIGINT/SIGTERM wired to graceful, then forced, stop."""
+
+    async def go() -> WorkerResult:
+        w = Worker(app, config)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, w.request_stop, signal.Signals(signum).name)
+        try:
+            return await w.run()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(go())
+
+
+@main.command(epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+@click.argument("job")
+@click.option("--args", "args_json", metavar="JSON_LIST", help="Positional arguments, e.g. '[1, \"a\"]'.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON_OBJECT", help='Keyword arguments, e.g. \'{"to": "a@b"}\'.')
+@click.option("--delay", type=click.FloatRange(min=0), help="Seconds before the job is due.")
+@click.option("--queue", help="Queue to send to; default: the job's.")
+@click.option("--priority", type=int, help="Higher runs first; default: the job's.")
+def enqueue(
+    app_path: str,
+    job: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    delay: float | None,
+    queue: str | None,
+    priority: int | None,
+) -> None:
+    """Send one JOB and print its id."""
+    args = _json_arg(args_json, list, "--args")
+    kwargs = _json_arg(kwargs_json, dict, "--kwargs")
+    app = load_app(app_path)
+    try:
+        built = app.message(job, args, kwargs, delay=delay, queue=queue, priority=priority)
+        [job_id] = app.send_jobs([built])
+    finally:
+        app.close()
+    click.echo(job_id)
+
+
+@main.command(epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object keyed by queue.")
+def stats(app_path: str, as_json: bool) -> None:
+    """Show ready, delayed, in-flight and dead counts per queue."""
+    app = load_app(app_path)
+    try:
+        found = app.stats()
+    finally:
+        app.close()
+    if as_json:
+        click.echo(json.dumps({q: s.to_dict() for q, s in found.items()}, indent=2))
+        return
+    from .render import stats_table
+
+    stats_table(found)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, retry and purge dead letters."""
+
+
+@dlq.command("list", epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+@click.option("--queue", help="Only this queue.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def dlq_list(app_path: str, queue: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters with their reason and last error."""
+    from .render import dead_letter_dict, dlq_table
+
+    app = load_app(app_path)
+    try:
+        letters = app.dlq_list(queue, limit)
+    finally:
+        app.close()
+    if as_json:
+        click.echo(json.dumps([dead_letter_dict(d) for d in letters], indent=2))
+    else:
+        dlq_table(letters)
+
+
+def _selector(ids: tuple[str, ...], all_: bool, queue: str | None) -> Selector:
+    if all_ == bool(ids):
+        raise click.UsageError("pass --all or one or more JOB_IDs (not both)")
+    if queue and not all_:
+        raise click.UsageError("--queue goes with --all")
+    return Selector(ids=ids, all=all_, queue=queue)
+
+
+@dlq.command("retry", epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --queue, if given).")
+@click.option("--queue", help="With --all: only this queue.")
+def dlq_retry(app_path: str, job_ids: tuple[str, ...], all_: bool, queue: str | None) -> None:
+    """Send dead letters back to their queues with fresh attempts."""
+    selector = _selector(job_ids, all_, queue)
+    app = load_app(app_path)
+    try:
+        n = app.dlq_retry(selector)
+    finally:
+        app.close()
+    click.echo(f"retried {n} dead letter{'s' if n != 1 else ''}")
+    if job_ids and n < len(set(job_ids)):
+        raise click.ClickException(f"{len(set(job_ids)) - n} of the given ids are not in the DLQ")
+
+
+@dlq.command("purge", epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --queue, if given).")
+@click.option("--queue", help="With --all: only this queue.")
+def dlq_purge(app_path: str, job_ids: tuple[str, ...], all_: bool, queue: str | None) -> None:
+    """Delete dead letters for good."""
+    selector = _selector(job_ids, all_, queue)
+    app = load_app(app_path)
+    try:
+        n = app.dlq_purge(selector)
+    finally:
+        app.close()
+    click.echo(f"purged {n} dead letter{'s' if n != 1 else ''}")
+    if job_ids and n < len(set(job_ids)):
+        raise click.ClickException(f"{len(set(job_ids)) - n} of the given ids are not in the DLQ")
+
+
+@main.command(epilog=APP_HELP)
+@click.argument("app_path", metavar="APP")
+def migrate(app_path: str) -> None:
+    """Create or upgrade the broker's schema (PostgreSQL; a no-op elsewhere)."""
+    app = load_app(app_path)
+
+    async def go(broker: Any) -> bool:
+        step = getattr(broker, "migrate", None)
+        if step is None:
+            return False
+        await step()
+        return True
+
+    try:
+        done = app.run(go)
+    finally:
+        app.close()
+    click.echo("schema is up to date" if done else f"nothing to migrate for {app.url.split(':')[0]}")
+
+
+@main.command()
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Seconds to run.")
+@click.option("--forever", is_flag=True, help="Run until Ctrl-C.")
+@click.option("--db", default="conveyor-demo.db", show_default=True, help="SQLite file to use.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+def demo(duration: float, forever: bool, db: str, concurrency: int) -> None:
+    """Run a live demo: a mixed workload on a local SQLite file, with progress."""
+    from .demo.runner import run_demo
+
+    run_demo(db=db, duration=None if forever else duration, concurrency=concurrency)

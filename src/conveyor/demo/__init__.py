@@ -1,0 +1,1 @@
+"""The ``conveyor demo`` workload: example jobs and a live progress view."""

@@ -1,0 +1,51 @@
+"""Terminal rendering of stats and dead letters for the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .brokers import DeadLetter, QueueStats
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds") if ts else ""
+
+
+def dead_letter_dict(d: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON-ready data; the body is shown as text."""
+    return {
+        "id": d.id,
+        "queue": d.queue,
+        "type": d.type,
+        "reason": d.reason,
+        "attempts": d.attempts,
+        "error_type": d.error_type,
+        "error_message": d.error_message,
+        "traceback": d.traceback,
+        "dead_at": _iso(d.dead_at),
+        "created_at": _iso(d.created_at),
+        "body": d.body.decode("utf-8", "replace"),
+    }
+
+
+def stats_table(stats: dict[str, QueueStats], console: Console | None = None) -> None:
+    table = Table(title="queues")
+    for col in ("queue", "ready", "delayed", "in_flight", "dead", "oldest_age_s"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for name, s in stats.items():
+        table.add_row(name, str(s.ready), str(s.delayed), str(s.in_flight), str(s.dead), f"{s.oldest_age_s:.1f}")
+    (console or Console()).print(table)
+
+
+def dlq_table(letters: list[DeadLetter], console: Console | None = None) -> None:
+    table = Table(title=f"dead letters ({len(letters)})")
+    for col in ("id", "queue", "type", "reason", "attempts", "error", "dead_at"):
+        table.add_column(col)
+    for d in letters:
+        error = f"{d.error_type}: {d.error_message}" if d.error_type else ""
+        table.add_row(d.id, d.queue, d.type, d.reason, str(d.attempts), error[:80], _iso(d.dead_at))
+    (console or Console()).print(table)
