@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import signals as sig
 from .brokers import Broker, DeadLetter, Message, QueueStats, Selector, open_broker
@@ -19,6 +19,9 @@ from .middleware import Middleware
 from .portal import Portal
 from .registry import JobDef, JobFunction, SendOptions, check_name, make_definition
 from .retry import BackoffLike
+
+if TYPE_CHECKING:
+    from .worker import WorkerService
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,8 +41,9 @@ class App:
 
     ``url`` picks the broker (``memory://``, ``sqlite:///file.db``, ``redis://``,
     ``postgresql://``). When omitted, ``$CONVEYOR_BROKER_URL`` is used, and then
-    ``sqlite:///conveyor.db``. ``telemetry`` (see :mod:`conveyor.telemetry`) is
-    installed on creation.
+    ``sqlite:///conveyor.db``. ``telemetry`` (see :mod:`conveyor.telemetry`) and
+    ``extensions`` (job history, monitors...) are installed on creation; an
+    extension may subscribe sinks, add middleware and add ``worker_services``.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class App:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         middleware: Iterable[Middleware] = (),
         telemetry: Installable | None = None,
+        extensions: Iterable[Installable] = (),
     ) -> None:
         self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
         self._broker_cls = broker_class(self.url)  # fails fast on a bad URL or missing extra
@@ -62,9 +67,13 @@ class App:
         self._lock = threading.Lock()
         self._shared: Broker | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Broker]] = {}
+        self.worker_services: list[WorkerService] = []
+        self.extensions: list[Installable] = list(extensions)
         self.telemetry = telemetry
         if telemetry is not None:
             telemetry.install(self)
+        for extension in self.extensions:
+            extension.install(self)
 
     def __repr__(self) -> str:
         return f"App({self.url!r}, jobs={len(self.registry)})"
@@ -126,6 +135,15 @@ class App:
             return JobFunction(self, definition)
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, **options: Any) -> Callable[[Callable[P, R]], JobFunction[P, R]]:
+        """Register a job that runs on a schedule: ``every=timedelta(...)`` or ``cron="*/5 * * * *"``.
+
+        See :func:`conveyor.scheduler.periodic` for the options and the policy for missed ticks.
+        """
+        from .scheduler import periodic
+
+        return periodic(self, **options)
 
     def definition(self, name: str) -> JobDef:
         try:

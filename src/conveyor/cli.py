@@ -60,7 +60,29 @@ def _json_arg(text: str | None, kind: type, what: str) -> Any:
 
 
 class _Group(click.Group):
-    """Turns conveyor's own errors into one line and a non-zero exit."""
+    """Turns conveyor's own errors into one line and a non-zero exit, and loads
+    the subcommands of :mod:`conveyor.commands` on first use."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if _Group._loaded:
+            return
+        _Group._loaded = True
+        import pkgutil
+
+        from . import commands
+
+        for info in pkgutil.iter_modules(commands.__path__):
+            importlib.import_module(f"{commands.__name__}.{info.name}").register(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

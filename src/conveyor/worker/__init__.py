@@ -1,6 +1,6 @@
 """The worker runtime."""
 
 from .executor import Counters
-from .runtime import Worker, WorkerConfig, WorkerResult
+from .runtime import RunningJob, Worker, WorkerConfig, WorkerResult, WorkerService
 
-__all__ = ["Counters", "Worker", "WorkerConfig", "WorkerResult"]
+__all__ = ["Counters", "RunningJob", "Worker", "WorkerConfig", "WorkerResult", "WorkerService"]

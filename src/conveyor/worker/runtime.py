@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uuid_utils
 
@@ -57,6 +57,28 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningJob:
+    """A job a worker is running now."""
+
+    id: str
+    type: str
+    queue: str
+    attempts: int
+    started_at: float
+
+
+class WorkerService(Protocol):
+    """A long-running task that lives as long as a worker (heartbeats, schedulers, monitors).
+
+    Register with ``app.worker_services.append(service)``. ``run`` is started
+    after the worker starts and cancelled when it stops; if it raises, the
+    error is logged and the worker carries on without it.
+    """
+
+    async def run(self, worker: Worker) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerResult:
     """How a worker run ended."""
 
@@ -83,6 +105,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
         self._running: dict[str, Delivery] = {}
+        self._started_at: dict[str, float] = {}
+        self.started_at = time.time()
         self._buffered: dict[str, Delivery] = {}
         self._retry_horizon = 0.0
         self._reason = "stopped"
@@ -98,6 +122,13 @@ class Worker:
         else:
             log.warning("worker %s: second stop request; requeueing running jobs", self.id)
             self._forced.set()
+
+    def current_jobs(self) -> list[RunningJob]:
+        """The jobs running in this worker now."""
+        return [
+            RunningJob(d.id, d.type, d.queue, d.attempts, self._started_at.get(d.id, 0.0))
+            for d in list(self._running.values())
+        ]
 
     def _note_retry(self, retry_at: float) -> None:
         self._retry_horizon = max(self._retry_horizon, retry_at)
@@ -133,10 +164,12 @@ class Worker:
                 if not self._running:
                     emit(sig.WORKER_BUSY, worker_id=self.id, in_flight=1)
                 self._running[d.id] = d
+                self._started_at[d.id] = time.time()
                 try:
                     await executor.execute(d)
                 finally:
                     self._running.pop(d.id, None)
+                    self._started_at.pop(d.id, None)
                     slot_freed.set()
                     if not self._running and not self._buffered:
                         emit(sig.WORKER_IDLE, worker_id=self.id)
@@ -147,6 +180,10 @@ class Worker:
             asyncio.create_task(self._housekeeping(broker), name="conveyor-housekeeping"),
         ]
         consumers = [asyncio.create_task(consume()) for _ in range(c.concurrency)]
+        background += [
+            asyncio.create_task(self._service(service), name=f"conveyor-service-{type(service).__name__}")
+            for service in self.app.worker_services
+        ]
         abandoned = 0
         try:
             await self._fetch(broker, buffer, slot_freed)
@@ -242,6 +279,14 @@ class Worker:
             return_when=asyncio.FIRST_COMPLETED,
         )
         forced.cancel()
+
+    async def _service(self, service: WorkerService) -> None:
+        try:
+            await service.run(self)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker service %r failed; the worker carries on without it", service)
 
     async def _heartbeat(self, broker: Broker) -> None:
         vt = self.config.visibility_timeout
