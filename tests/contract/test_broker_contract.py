@@ -259,3 +259,26 @@ async def test_a_second_instance_shares_the_store(peer_factory: ModuleType, tmp_
         assert not {d.id for d in mine} & {d.id for d in theirs}
         await peer.ack(theirs)
         assert (await broker.stats([Q]))[Q].in_flight == len(mine)
+
+
+async def test_lock_is_exclusive_renewable_and_expires(broker: Broker) -> None:
+    assert await broker.acquire_lock("leader", "a", 0.4)
+    assert not await broker.acquire_lock("leader", "b", 0.4)
+    assert await broker.acquire_lock("leader", "a", 0.4)  # renew
+    assert await broker.acquire_lock("other", "b", 0.4)  # locks are independent
+    await asyncio.sleep(0.6)
+    assert await broker.acquire_lock("leader", "b", 5)  # expired: b takes over
+    assert not await broker.acquire_lock("leader", "a", 5)
+
+
+async def test_release_lock_only_by_its_owner(broker: Broker) -> None:
+    assert await broker.acquire_lock("leader", "a", 30)
+    await broker.release_lock("leader", "b")
+    assert not await broker.acquire_lock("leader", "b", 30)
+    await broker.release_lock("leader", "a")
+    assert await broker.acquire_lock("leader", "b", 30)
+
+
+async def test_concurrent_lock_attempts_elect_one_owner(broker: Broker) -> None:
+    won = await asyncio.gather(*(broker.acquire_lock("race", f"w{i}", 30) for i in range(8)))
+    assert sum(won) == 1

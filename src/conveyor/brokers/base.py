@@ -176,6 +176,18 @@ class Broker(ABC):
     async def dlq_purge(self, selector: Selector) -> int:
         """Delete dead letters for good; return how many."""
 
+    @abstractmethod
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew the named lock for ``ttl`` seconds.
+
+        True when ``owner`` holds it afterwards: it was free, expired, or already
+        ``owner``'s. Used for leader election (schedulers, monitors).
+        """
+
+    @abstractmethod
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Release the named lock if ``owner`` holds it."""
+
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Wait until work may be ready or ``timeout`` passes. Brokers that can be
         notified (LISTEN/NOTIFY, in-process events) return early."""

@@ -57,6 +57,7 @@ class MemoryBroker(Broker):
         self._queues: dict[str, _Queue] = {}
         self._seq = itertools.count()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._locks: dict[str, tuple[str, float]] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -258,6 +259,20 @@ class MemoryBroker(Broker):
             for rec in recs:
                 del self._records[rec.msg.id]
         return len(recs)
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        with self._lock:
+            holder = self._locks.get(name)
+            if holder is None or holder[0] == owner or holder[1] <= now:
+                self._locks[name] = (owner, now + ttl)
+                return True
+            return False
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        with self._lock:
+            if self._locks.get(name, ("", 0.0))[0] == owner:
+                del self._locks[name]
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         loop = asyncio.get_running_loop()

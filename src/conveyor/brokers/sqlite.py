@@ -62,6 +62,11 @@ CREATE INDEX IF NOT EXISTS conveyor_jobs_leased
     ON conveyor_jobs (lease_until) WHERE state = 1;
 CREATE INDEX IF NOT EXISTS conveyor_jobs_dead
     ON conveyor_jobs (dead_at) WHERE state = 2;
+CREATE TABLE IF NOT EXISTS conveyor_locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
 """
 
 _DELIVERY_COLS = "id, queue, type, body, attempts, lease_token, priority, eta, created_at, redelivery"
@@ -308,3 +313,23 @@ class SQLiteBroker(Broker):
             return conn.execute(f"DELETE FROM conveyor_jobs WHERE {where}", params).rowcount
 
         return await self._tx(purge)
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        def take(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            row = conn.execute(
+                "INSERT INTO conveyor_locks (name, owner, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
+                " WHERE conveyor_locks.owner = excluded.owner OR conveyor_locks.expires_at <= ?"
+                " RETURNING owner",
+                (name, owner, now + ttl, now),
+            ).fetchone()
+            return row is not None
+
+        return await self._tx(take)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        def drop(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM conveyor_locks WHERE name = ? AND owner = ?", (name, owner))
+
+        await self._tx(drop)
