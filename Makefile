@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev,redis,postgres,prometheus,otel]'
+	$(BIN)/pip install -q -e '.[dev,redis,postgres,prometheus,otel,dashboard]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core

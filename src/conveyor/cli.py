@@ -138,6 +138,7 @@ def main() -> None:
 )
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes to run and supervise.")
 def worker(
     app_path: str,
     queues: tuple[str, ...],
@@ -151,8 +152,12 @@ def worker(
     log_format: str,
     metrics_port: int | None,
     metrics_host: str,
+    processes: int,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (twice to requeue running jobs and exit at once)."""
+    if processes > 1:
+        _supervise(app_path, processes, burst, log_level, metrics_host, metrics_port)
+        return
     app = load_app(app_path)
     if log_format == "json" or metrics_port is not None:
         from .telemetry.cli import setup_worker_telemetry
@@ -183,6 +188,24 @@ def worker(
         logging.shutdown()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _supervise(
+    app_path: str, processes: int, burst: bool, log_level: str, metrics_host: str, metrics_port: int | None
+) -> None:
+    from .supervisor import Supervisor, child_argv, without_option
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_app(app_path)  # fail here, once, on a bad APP rather than in every child
+    argv = child_argv(sys.argv[1:])
+    env = dict(os.environ)
+    if metrics_port is not None:
+        from .telemetry.cli import prepare_multiprocess_metrics
+
+        argv = without_option(argv, "--metrics-port")
+        prepare_multiprocess_metrics(env, metrics_host, metrics_port)
+    status = Supervisor(argv, processes, burst=burst, env=env).run()
+    raise SystemExit(status)
 
 
 def run_worker(app: App, config: WorkerConfig) -> WorkerResult:

@@ -1,0 +1,5 @@
+"""``python -m conveyor`` runs the CLI."""
+
+from .cli import main
+
+main()
