@@ -157,6 +157,7 @@ class App:
         """Validate arguments and build a :class:`Job` ready to send."""
         check_json(args, "args")
         check_json(kwargs, "kwargs")
+        definition.check_call(args, kwargs)
         now = time.time()
         job = Job(
             id=new_id(),
@@ -187,7 +188,8 @@ class App:
         opts = SendOptions(delay=delay, queue=queue, priority=priority)
         return self.build(self.definition(name), args, kwargs or {}, opts)
 
-    def _encode(self, jobs: Sequence[Job]) -> list[Message]:
+    def encode(self, jobs: Sequence[Job]) -> list[Message]:
+        """Encode built jobs into broker messages (size limit enforced)."""
         return [
             Message(
                 j.id,
@@ -204,11 +206,16 @@ class App:
     async def send_jobs_async(self, jobs: Iterable[Job]) -> list[str]:
         """Enqueue built jobs atomically (one batch); return their ids."""
         batch = list(jobs)
-        messages = self._encode(batch)
+        messages = self.encode(batch)
         broker = await self.broker()
         await broker.enqueue(messages)
+        self.emit_enqueued(batch)
+        return [j.id for j in batch]
+
+    def emit_enqueued(self, jobs: Iterable[Job]) -> None:
+        """Emit ``job.enqueued`` for stored jobs (call it after committing a transactional send)."""
         if self.bus.wants(sig.JOB_ENQUEUED):
-            for job in batch:
+            for job in jobs:
                 self.bus.emit(
                     sig.JOB_ENQUEUED,
                     job_id=job.id,
@@ -217,7 +224,6 @@ class App:
                     priority=job.priority,
                     delay=max(0.0, job.scheduled_at - job.created_at),
                 )
-        return [j.id for j in batch]
 
     def send_jobs(self, jobs: Iterable[Job]) -> list[str]:
         """Sync form of :meth:`send_jobs_async`."""

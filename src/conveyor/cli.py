@@ -36,6 +36,8 @@ def load_app(path: str) -> App:
         raise click.ClickException(f"importing {module_name!r} failed: {exc}") from exc
     except ConveyorError as exc:
         raise click.ClickException(f"{module_name}: {exc}") from exc
+    except Exception as exc:
+        raise click.ClickException(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     app = module
     for part in attr.split("."):
         try:
@@ -138,7 +140,9 @@ def main() -> None:
 )
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address for --metrics-port.")
-@click.option("--processes", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes to run and supervise.")
+@click.option(
+    "--processes", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes to supervise."
+)
 def worker(
     app_path: str,
     queues: tuple[str, ...],
@@ -310,15 +314,40 @@ def _selector(ids: tuple[str, ...], all_: bool, queue: str | None) -> Selector:
 @click.argument("job_ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (of --queue, if given).")
 @click.option("--queue", help="With --all: only this queue.")
-def dlq_retry(app_path: str, job_ids: tuple[str, ...], all_: bool, queue: str | None) -> None:
+@click.option(
+    "--cluster",
+    metavar="FINGERPRINT",
+    help="The dead jobs whose last failure is in this cluster (see `conveyor failures`; needs History).",
+)
+def dlq_retry(app_path: str, job_ids: tuple[str, ...], all_: bool, queue: str | None, cluster: str | None) -> None:
     """Send dead letters back to their queues with fresh attempts."""
-    selector = _selector(job_ids, all_, queue)
+    from .history import HistoryNotInstalled, history_of
+
+    if cluster is not None and (job_ids or all_ or queue):
+        raise click.UsageError("--cluster goes alone: no --all, --queue or JOB_IDs with it")
+    selector = None if cluster is not None else _selector(job_ids, all_, queue)
     app = load_app(app_path)
     try:
+        try:
+            history = history_of(app)
+        except HistoryNotInstalled:
+            if cluster is not None:
+                raise
+            history = None
+        if cluster is not None:
+            assert history is not None
+            ids = history.store.dead_jobs_in_cluster(cluster)
+            if not ids:
+                raise click.ClickException(f"no dead job of cluster {cluster!r} in the history")
+            job_ids = tuple(ids)
+            selector = Selector(ids=job_ids)
+        assert selector is not None
         n = app.dlq_retry(selector)
+        if history is not None and job_ids and n:
+            history.record_manual_retry(job_ids)
     finally:
         app.close()
-    click.echo(f"retried {n} dead letter{'s' if n != 1 else ''}")
+    click.echo(f"retried {n} dead letter{'s' if n != 1 else ''}" + (f" of cluster {cluster}" if cluster else ""))
     if job_ids and n < len(set(job_ids)):
         raise click.ClickException(f"{len(set(job_ids)) - n} of the given ids are not in the DLQ")
 

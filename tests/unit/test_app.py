@@ -208,3 +208,15 @@ def test_sync_send_works_inside_a_running_loop(app: App) -> None:
         return work.send()
 
     assert asyncio.run(inside())
+
+
+def test_arguments_are_checked_against_the_handler_signature(app: App) -> None:
+    @app.job(name="greet")
+    def greet(name: str, *, loud: bool = False) -> None: ...
+
+    with pytest.raises(PayloadError, match=r"job 'greet': .*unexpected keyword argument 'nope'"):
+        greet.send("a", nope=1)
+    with pytest.raises(PayloadError, match="missing a required argument"):
+        app.message("greet")
+    greet.send("a", loud=True)
+    assert app.stats()["default"].ready == 1

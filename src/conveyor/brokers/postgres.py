@@ -14,7 +14,6 @@ created by :meth:`PostgresBroker.migrate` (on :meth:`connect` unless
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -109,8 +108,7 @@ class PostgresBroker(Broker):
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await asyncio.wait([listener])
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -161,15 +159,41 @@ class PostgresBroker(Broker):
                     await conn.execute(self.sql.record_version, (version,))
                     log.info("migrated schema %s to version %d", self.settings.schema, version)
 
+    async def _execute(
+        self, query: str, params: Mapping[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one statement on a pooled connection; return its rows and rowcount.
+
+        A connection found dead (the server restarted, a firewall dropped it)
+        makes the pool check its idle connections, and the statement is tried
+        once more. Every statement is safe to repeat: enqueue is idempotent by
+        id and the others match on lease tokens and states.
+        """
+        pool = self.pool
+        conn: Conn | None = None
+        try:
+            async with pool.connection() as conn:
+                return await self._on(conn, query, params)
+        except psycopg.OperationalError as exc:
+            if conn is None or not conn.broken:
+                raise
+            log.warning("PostgreSQL connection lost (%s); retrying on a fresh one", exc)
+        await pool.check()
+        async with pool.connection() as conn:
+            return await self._on(conn, query, params)
+
+    @staticmethod
+    async def _on(
+        conn: Conn, query: str, params: Mapping[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        cur = await conn.execute(query, params)
+        return (await cur.fetchall() if cur.description else []), cur.rowcount
+
     async def _fetch(self, query: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(query, params)
-            return await cur.fetchall() if cur.description else []
+        return (await self._execute(query, params))[0]
 
     async def _run(self, query: str, params: Mapping[str, Any]) -> int:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(query, params)
-            return cur.rowcount
+        return (await self._execute(query, params))[1]
 
     async def _notifying(self, query: str, params: Mapping[str, Any]) -> list[str]:
         """Run a statement built by ``_notifying`` (see postgres_sql); return the changed ids."""
@@ -272,6 +296,16 @@ class PostgresBroker(Broker):
         where, params = self._where(selector)
         return await self._run(self.sql.dlq_purge(where), params)
 
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        rows = await self._fetch(
+            self.sql.acquire_lock, {"name": name, "owner": owner, "until": now + ttl, "now": now}
+        )
+        return bool(rows)
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        await self._run(self.sql.release_lock, {"name": name, "owner": owner})
+
     # -- LISTEN/NOTIFY --------------------------------------------------------
     @property
     def listening(self) -> bool:
@@ -284,6 +318,9 @@ class PostgresBroker(Broker):
         A notification that arrived since the previous call for the same queues
         returns at once, so none is lost between a lease and the next wait.
         """
+        if self._pool is None:  # not connected (or closed): nothing to listen with
+            await asyncio.sleep(timeout)
+            return
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(
                 self._listen(), name="conveyor-postgres-listen"

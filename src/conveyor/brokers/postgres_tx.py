@@ -11,9 +11,9 @@ workers are notified) only when you commit, and a rollback enqueues nothing::
 The app's URL must be a ``postgresql://`` URL; its ``schema`` option names the
 tables used, and that schema must exist already (``conveyor migrate APP``, or
 any broker connect with ``auto_migrate`` on). The connection may be any
-connection to the same database, pooled or not. Signals such as
-``job.enqueued`` are not emitted, since this code cannot know whether the
-caller will commit.
+connection to the same database, pooled or not. ``job.enqueued`` is not
+emitted, since this code cannot know whether the caller will commit: call
+``app.emit_enqueued(jobs)`` after your commit to emit it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _prepare(app: App, jobs: Iterable[Job]) -> tuple[list[str], str, dict[str, A
     if queries is None:
         queries = _queries[app.url] = Queries(parse_url(app.url))
     batch = list(jobs)
-    params = enqueue_params(queries.channel, app._encode(batch), time.time())
+    params = enqueue_params(queries.channel, app.encode(batch), time.time())
     return [j.id for j in batch], queries.enqueue, params
 
 

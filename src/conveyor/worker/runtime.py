@@ -201,6 +201,7 @@ class Worker:
     async def _fetch(self, broker: Broker, buffer: asyncio.Queue[Delivery | None], slot_freed: asyncio.Event) -> None:
         c = self.config
         idle_wait = 0.01
+        swept = False  # burst: expired leases of crashed workers are work too
         while not self._stopping.is_set():
             held = len(self._running) + len(self._buffered)
             free = self.capacity - held
@@ -216,18 +217,27 @@ class Worker:
                 continue
             if batch:
                 idle_wait = 0.01
+                swept = False
                 for d in batch:
                     self._buffered[d.id] = d
                     buffer.put_nowait(d)
-                continue
-            if c.burst and held == 0 and time.time() >= self._retry_horizon:
+                if len(batch) == free:
+                    continue  # there may be more: lease again at once
+                # A short batch drained the queue: wait for news instead of leasing empty-handed.
+            elif c.burst and held == 0 and time.time() >= self._retry_horizon:
+                if not swept:  # requeue expired leases, then lease once more before leaving
+                    swept = True
+                    await _quietly(broker.rescue(), "rescue expired leases")
+                    continue
                 self._reason = "burst_done"
                 return
             timeout = idle_wait
-            if c.burst and held == 0:
+            if c.burst and not held:
                 timeout = min(timeout, max(0.001, self._retry_horizon - time.time()))
-            await self._until(broker.wait(self.queues, timeout), slot_freed if held else None)
-            idle_wait = min(idle_wait * 2, c.poll_interval)
+            # In burst mode a finished job may be the last one: wake up to check.
+            await self._until(broker.wait(self.queues, timeout), slot_freed if c.burst else None)
+            if not batch:
+                idle_wait = min(idle_wait * 2, c.poll_interval)
 
     async def _until(self, coro: Coroutine[Any, Any, Any], also: asyncio.Event | None) -> None:
         """Await ``coro`` unless a stop (or ``also``) comes first."""
