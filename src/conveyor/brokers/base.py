@@ -190,5 +190,6 @@ class Broker(ABC):
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Wait until work may be ready or ``timeout`` passes. Brokers that can be
-        notified (LISTEN/NOTIFY, in-process events) return early."""
+        notified (LISTEN/NOTIFY, pub/sub, in-process events) return early, and must
+        not miss work made ready between the caller's last ``lease`` and this call."""
         await asyncio.sleep(timeout)

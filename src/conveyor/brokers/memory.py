@@ -278,7 +278,12 @@ class MemoryBroker(Broker):
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         entry = (loop, event)
+        now = time.time()
         with self._lock:
+            for name in queues:
+                q = self._queues.get(name)
+                if q is not None and (q.ready or (q.delayed and q.delayed[0][0] <= now)):
+                    return  # work is already there
             self._waiters.append(entry)
         try:
             await asyncio.wait_for(event.wait(), timeout)

@@ -26,13 +26,15 @@ from redis.commands.core import AsyncScript
 
 from ..errors import ConfigError
 from . import redis_scripts as lua
-from .base import Broker, DeadLetter, Delivery, Failure, Message, QueueStats, Selector
+from .base import WORKER_SHUTDOWN, Broker, DeadLetter, Delivery, Failure, Message, QueueStats, Selector
 
 log = logging.getLogger("conveyor.brokers.redis")
 
 DEFAULT_PREFIX = "conveyor"
 #: Jobs one rescue / DLQ script call handles; larger sets take several calls.
 BATCH = 500
+#: Seconds of silence on the wake channel before it is pinged.
+HEARTBEAT = 15.0
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -43,6 +45,8 @@ def split_url(url: str) -> tuple[str, str]:
     prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
     if not prefix or any(c.isspace() or c in "*?[]{}" for c in prefix):
         raise ConfigError(f"bad Redis key prefix {prefix!r}: use letters, digits, '_', '.', ':', '-'")
+    if any(k == "decode_responses" for k, _ in query):
+        raise ConfigError("the Redis broker stores raw bytes: remove decode_responses from the URL")
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefix
 
@@ -52,7 +56,7 @@ def _s(value: bytes | str) -> str:
 
 
 class RedisBroker(Broker):
-    """A broker on one Redis server (or a primary behind Sentinel-aware proxies)."""
+    """A broker on one Redis server, shared by worker processes on any number of hosts."""
 
     loop_bound = True
 
@@ -107,7 +111,7 @@ class RedisBroker(Broker):
             await client.aclose()
             raise
         names = ("ENQUEUE", "LEASE", "ACK", "NACK", "RELEASE", "DEAD", "EXTEND", "RESCUE",
-                 "DLQ_RETRY", "DLQ_PURGE", "DLQ_LIST")
+                 "DLQ_RETRY", "DLQ_PURGE", "DLQ_LIST", "LOCK_ACQUIRE", "LOCK_RELEASE")
         self._scripts = {n: client.register_script(getattr(lua, n)) for n in names}
         self._client = client
 
@@ -163,7 +167,7 @@ class RedisBroker(Broker):
         await self._run("NACK", repr(time.time()), delivery.id, delivery.lease_token,
                         repr(float(retry_at)), f.type, f.message, f.traceback)
 
-    async def release(self, deliveries: Sequence[Delivery], reason: str = "worker_shutdown") -> None:
+    async def release(self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN) -> None:
         if deliveries:
             await self._run("RELEASE", repr(time.time()), reason, *_pairs(deliveries))
 
@@ -246,6 +250,14 @@ class RedisBroker(Broker):
             if scanned < BATCH:
                 return total
 
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take or renew ``name``; the lock is a key that Redis expires after ``ttl``."""
+        ms = max(1, math.ceil(ttl * 1000))
+        return bool(await self._run("LOCK_ACQUIRE", name, owner, ms))
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        await self._run("LOCK_RELEASE", name, owner)
+
     # -- waking idle workers ------------------------------------------------
     def _mark(self, queues: tuple[str, ...]) -> tuple[int, ...]:
         return (self._epoch, *(self._gen.get(q, 0) for q in queues))
@@ -260,10 +272,11 @@ class RedisBroker(Broker):
         qs = tuple(dict.fromkeys(queues))
         if self._listener is None and self._client is not None:
             self._listener = asyncio.create_task(self._listen(), name="conveyor-redis-wake")
+        base = self._seen.setdefault(qs, self._mark(qs))
         while True:
             changed = self._changed  # captured before checking: a later set() still wakes us
             mark = self._mark(qs)
-            if self._seen.setdefault(qs, mark) != mark:
+            if mark != base:
                 self._seen[qs] = mark
                 return
             now_wall = time.time()
@@ -287,13 +300,25 @@ class RedisBroker(Broker):
 
     async def _listen(self) -> None:
         """Follow the wake channel; a (re)subscription wakes every waiter, since
-        notifications may have been missed while not subscribed."""
+        notifications may have been missed while not subscribed. An idle channel is
+        pinged every :data:`HEARTBEAT` seconds so a silently dead connection is replaced."""
         delay = 0.05
         while True:
             pubsub = self.client.pubsub()
+            # redis-py leaves these two untyped
+            get: Callable[..., Awaitable[dict[str, Any] | None]] = pubsub.get_message
+            close: Callable[[], Awaitable[None]] = pubsub.aclose
             try:
                 await pubsub.subscribe(self._k("wake"))
-                async for msg in pubsub.listen():
+                heard = time.monotonic()
+                while True:
+                    msg = await get(timeout=HEARTBEAT)
+                    if msg is None:
+                        if time.monotonic() - heard > 2.5 * HEARTBEAT:
+                            raise ConnectionError("no answer to ping on the wake channel")
+                        await pubsub.ping()
+                        continue
+                    heard = time.monotonic()
                     if msg["type"] == "subscribe":
                         self._epoch += 1
                         delay = 0.05
@@ -311,7 +336,6 @@ class RedisBroker(Broker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
-                close: Callable[[], Awaitable[None]] = pubsub.aclose  # untyped in redis-py
                 with contextlib.suppress(Exception):
                     await close()
 

@@ -10,6 +10,8 @@ strings so that floats keep every digit. A job is ``ready`` (in
 
 from __future__ import annotations
 
+from .base import LEASE_EXPIRED, MANUAL_RETRY
+
 #: Most delayed jobs one lease call promotes per queue (bounds the script's run time).
 PROMOTE_BATCH = 1000
 
@@ -242,7 +244,7 @@ for _, id in ipairs(ids) do
   local f = redis.call('HMGET', jk, 'state', 'queue')
   if f[1] == 'leased' then
     unlease(id, f[2])
-    redis.call('HSET', jk, 'redelivery', 'lease_expired')
+    redis.call('HSET', jk, 'redelivery', '@LEASE_EXPIRED@')
     make_ready(id, jk, f[2], ARGV[2])
     note(wake, f[2], ARGV[2])
     back[#back + 1] = id
@@ -252,7 +254,7 @@ for _, id in ipairs(ids) do
 end
 publish(wake)
 return {back, #ids}
-"""
+""".replace("@LEASE_EXPIRED@", LEASE_EXPIRED)
 
 # ARGV: prefix, now, selection (see select_dead). Returns {moved, scanned}.
 DLQ_RETRY = _PRELUDE + """
@@ -263,7 +265,7 @@ for _, id in ipairs(ids) do
   if q then
     local jk = jkey(id)
     undead(id, q)
-    redis.call('HSET', jk, 'attempts', 0, 'redelivery', 'manual_retry', 'reason', '',
+    redis.call('HSET', jk, 'attempts', 0, 'redelivery', '@MANUAL_RETRY@', 'reason', '',
       'error_type', '', 'error_message', '', 'traceback', '', 'dead_at', '')
     make_ready(id, jk, q, ARGV[2])
     note(wake, q, ARGV[2])
@@ -274,7 +276,7 @@ for _, id in ipairs(ids) do
 end
 publish(wake)
 return {moved, #ids}
-"""
+""".replace("@MANUAL_RETRY@", MANUAL_RETRY)
 
 # ARGV: prefix, now, selection (see select_dead). Returns {deleted, scanned}.
 DLQ_PURGE = _PRELUDE + """
@@ -309,4 +311,20 @@ for _, id in ipairs(redis.call('ZRANGE', zk, 0, tonumber(ARGV[3]) - 1)) do
   end
 end
 return rows
+"""
+
+# ARGV: prefix, lock name, owner, ttl in ms. Expiry is Redis's own key TTL.
+LOCK_ACQUIRE = """
+local k = ARGV[1] .. ':lock:' .. ARGV[2]
+local holder = redis.call('GET', k)
+if holder and holder ~= ARGV[3] then return 0 end
+redis.call('SET', k, ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+# ARGV: prefix, lock name, owner.
+LOCK_RELEASE = """
+local k = ARGV[1] .. ':lock:' .. ARGV[2]
+if redis.call('GET', k) == ARGV[3] then redis.call('DEL', k) end
+return 0
 """

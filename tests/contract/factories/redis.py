@@ -35,13 +35,14 @@ async def connected(url: str) -> RedisBroker:
     broker = RedisBroker.from_url(url)
     try:
         await broker.connect()
+        return broker
     except Exception as exc:
-        pytest.fail(
-            f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}: {exc}); start a"
-            " server there or point CONVEYOR_TEST_REDIS_URL at one",
-            pytrace=False,
-        )
-    return broker
+        problem = f"{type(exc).__name__}: {exc}"
+    pytest.fail(
+        f"Redis is not reachable at {REDIS_URL} ({problem}); start a server there"
+        " or point CONVEYOR_TEST_REDIS_URL at one",
+        pytrace=False,
+    )
 
 
 async def delete_prefix(prefix: str) -> None:
