@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, PayloadError
 from .job import Job
 from .retry import RetryPolicy
 
@@ -44,6 +44,16 @@ class JobDef:
     timeout: float | None
     priority: int
     is_async: bool
+    signature: inspect.Signature | None = None
+    """Checked against the arguments at send time; None when not introspectable."""
+
+    def check_call(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`PayloadError` unless the handler accepts these arguments."""
+        if self.signature is not None:
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise PayloadError(f"job {self.name!r}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +184,11 @@ def make_definition(
         policy = RetryPolicy(max_attempts=max_attempts, retry_on=tuple(retry_on), **kw)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
     return JobDef(
-        job_name,
-        fn,
-        check_name("queue", queue),
-        policy,
-        timeout,
-        priority,
-        inspect.iscoroutinefunction(fn),
+        job_name, fn, check_name("queue", queue), policy, timeout, priority,
+        inspect.iscoroutinefunction(fn), signature,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Any
 
@@ -28,8 +29,16 @@ def dead_letter_dict(d: DeadLetter) -> dict[str, Any]:
         "traceback": d.traceback,
         "dead_at": _iso(d.dead_at),
         "created_at": _iso(d.created_at),
-        "body": d.body.decode("utf-8", "replace"),
+        **_body(d.body),
     }
+
+
+def _body(body: bytes) -> dict[str, str]:
+    """The body as text when it is UTF-8, else base64, so no byte is lost."""
+    try:
+        return {"body": body.decode("utf-8"), "body_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}
 
 
 def stats_table(stats: dict[str, QueueStats], console: Console | None = None) -> None:

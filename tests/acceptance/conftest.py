@@ -25,11 +25,12 @@ from .core_apps import core_jobs
 T = TypeVar("T")
 
 CORE_APPS = Path(__file__).parent / "core_apps"
-# ``python -m conveyor.cli`` does nothing (cli.py has no __main__ guard and the
-# package no __main__.py), so the console script installed next to the
-# interpreter is what the tests run.
+# The console script installed next to the interpreter, as users run it.
+# (``python -m conveyor.cli`` would do nothing: cli.py has no __main__ guard.)
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 APP = "core_jobs:app"
+ZERO = {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+"""An empty queue, as :meth:`Core.depth` reports it."""
 
 
 class Core:
@@ -47,9 +48,7 @@ class Core:
             **os.environ,
             "CONVEYOR_BROKER_URL": self.url,
             "CORE_OUT": str(self.out),
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(CORE_APPS), os.environ.get("PYTHONPATH", "")) if p
-            ),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(CORE_APPS), os.environ.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
         }
         self.jobs = core_jobs.make_app(self.url)
@@ -61,7 +60,11 @@ class Core:
     def cli(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
         """Run ``conveyor ARGS`` in the test directory and return the finished process."""
         return subprocess.run(
-            [CONVEYOR, *args], cwd=self.dir, env=self.env, capture_output=True, text=True,
+            [CONVEYOR, *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 
@@ -77,7 +80,11 @@ class Core:
         err = open(self.dir / f"worker{self._n}.log", "w+")  # noqa: SIM115 - closed by the Popen
         proc = subprocess.Popen(
             [CONVEYOR, "worker", APP, "--poll-interval", "0.05", *args],
-            cwd=self.dir, env=self.env, stdout=err, stderr=subprocess.STDOUT, text=True,
+            cwd=self.dir,
+            env=self.env,
+            stdout=err,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         proc.log_path = err.name  # type: ignore[attr-defined]
         err.close()
@@ -120,6 +127,15 @@ class Core:
         result: dict[str, dict[str, Any]] = json.loads(self.ok("stats", APP, "--json"))
         return result
 
+    def depth(self, queue: str = "default", *, cli: bool = True) -> dict[str, int]:
+        """ready/delayed/in_flight/dead of ``queue``: from ``conveyor stats --json``, or
+        (``cli=False``, for reads that must be quick) from the in-process app."""
+        if cli:
+            found = self.stats()[queue]
+            return {k: found[k] for k in ZERO}
+        s = self.app.stats()[queue]
+        return {k: getattr(s, k) for k in ZERO}
+
     def dlq(self, *args: str) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = json.loads(self.ok("dlq", "list", APP, "--json", *args))
         return result
@@ -137,9 +153,7 @@ class Core:
         return Counter(e["id"] for e in self.events(ev))
 
     @staticmethod
-    def wait_for(
-        check: Callable[[], T], timeout: float, what: str, interval: float = 0.05
-    ) -> T:
+    def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
         """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:

@@ -77,7 +77,9 @@ def make_app(url: str | None = None) -> SimpleNamespace:
         record("done", label=label)
 
     @app.job(
-        name="core.slow_async", timeout=0.3, max_attempts=2,
+        name="core.slow_async",
+        timeout=0.3,
+        max_attempts=2,
         backoff=Backoff(base=0.01, maximum=0.05),
     )
     async def slow_async(seconds: float) -> None:
@@ -94,8 +96,13 @@ def make_app(url: str | None = None) -> SimpleNamespace:
         record("done", label=label)
 
     return SimpleNamespace(
-        app=app, flaky=flaky, sleepy=sleepy, record=record_job, urgent=urgent,
-        slow_async=slow_async, gated=gated,
+        app=app,
+        flaky=flaky,
+        sleepy=sleepy,
+        record=record_job,
+        urgent=urgent,
+        slow_async=slow_async,
+        gated=gated,
     )
 
 
