@@ -282,3 +282,10 @@ async def test_release_lock_only_by_its_owner(broker: Broker) -> None:
 async def test_concurrent_lock_attempts_elect_one_owner(broker: Broker) -> None:
     won = await asyncio.gather(*(broker.acquire_lock("race", f"w{i}", 30) for i in range(8)))
     assert sum(won) == 1
+
+
+async def test_rescue_forgets_expired_locks(broker: Broker) -> None:
+    assert await broker.acquire_lock("gone", "a", 0.2)
+    await asyncio.sleep(0.4)
+    await broker.rescue()
+    assert await broker.acquire_lock("gone", "b", 30)  # free, whether pruned or merely expired

@@ -343,3 +343,16 @@ async def test_queue_depth_is_emitted_periodically(app: App) -> None:
         await Worker(app, WorkerConfig(burst=True, stats_interval=0.1)).run()
     assert events and all(e.attrs["queue"] == "depth" for e in events)
     assert any(e.attrs["in_flight"] == 1 for e in events)
+
+
+async def test_sqlite_rescue_prunes_expired_lock_rows(tmp_path: object) -> None:
+    from conveyor.brokers.sqlite import SQLiteBroker
+
+    broker = SQLiteBroker(f"{tmp_path}/locks.db")
+    assert await broker.acquire_lock("a", "me", 0.05)
+    assert await broker.acquire_lock("b", "me", 60)
+    await asyncio.sleep(0.1)
+    await broker.rescue()
+    rows = await broker._run(lambda conn: conn.execute("SELECT name FROM conveyor_locks").fetchall())
+    assert rows == [("b",)]
+    await broker.close()

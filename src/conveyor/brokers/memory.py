@@ -199,6 +199,8 @@ class MemoryBroker(Broker):
                     rec.eta = now
                     self._place(rec, now)
                     rescued.append(rec.msg.id)
+            for name in [n for n, (_, until) in self._locks.items() if until <= now]:
+                del self._locks[name]
         if rescued:
             self._wake()
         return rescued

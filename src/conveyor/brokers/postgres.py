@@ -257,7 +257,10 @@ class PostgresBroker(Broker):
             await self._run(self.sql.extend, {"until": until, **self._pairs(deliveries)})
 
     async def rescue(self) -> list[str]:
-        return await self._notifying(self.sql.rescue, {"now": time.time(), "reason": LEASE_EXPIRED})
+        now = time.time()
+        rescued = await self._notifying(self.sql.rescue, {"now": now, "reason": LEASE_EXPIRED})
+        await self._run(self.sql.prune_locks, {"now": now})  # expired locks are garbage
+        return rescued
 
     async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         now = time.time()

@@ -274,6 +274,7 @@ class Queries:
             " WHERE l.owner = excluded.owner OR l.expires_at <= %(now)s RETURNING owner"
         )
         self.release_lock = f"DELETE FROM {s}.locks WHERE name = %(name)s AND owner = %(owner)s"
+        self.prune_locks = f"DELETE FROM {s}.locks WHERE expires_at < %(now)s"
         self._lease_cache: dict[int, str] = {}
 
     def _stats(self, where: str) -> str:

@@ -249,6 +249,7 @@ class SQLiteBroker(Broker):
                 " redelivery = ? WHERE state = 1 AND lease_until < ? RETURNING id",
                 (now, LEASE_EXPIRED, now),
             ).fetchall()
+            conn.execute("DELETE FROM conveyor_locks WHERE expires_at < ?", (now,))
             return [r[0] for r in rows]
 
         return await self._tx(requeue)
