@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DURATION ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: demo test services lint typecheck unit bench clean
+.PHONY: demo test services browser lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ demo: $(VENV)/.core
 services:
 	bash .ci/services.sh
 
+# Debian's Chromium for the dashboard's browser tests (Playwright never downloads a browser here).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests examples bench
 
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy --strict src
 
-test: $(VENV)/.dev services lint typecheck
+test: $(VENV)/.dev services browser lint typecheck
 	$(BIN)/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 unit: $(VENV)/.dev

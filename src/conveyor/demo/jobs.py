@@ -9,6 +9,8 @@ import random
 
 from ..app import App
 from ..errors import NonRetryable
+from ..history import History
+from ..monitor import Monitor
 from ..retry import Backoff
 
 log = logging.getLogger("conveyor.demo")
@@ -16,7 +18,7 @@ log = logging.getLogger("conveyor.demo")
 
 def make_app(url: str) -> App:
     """Build the demo app with its three job types."""
-    app = App(url)
+    app = App(url, extensions=[History(), Monitor(sinks=[])])
     quick = Backoff(base=0.5, factor=2.0, maximum=4.0)
 
     @app.job(name="email.send", queue="emails", max_attempts=4, backoff=quick)

@@ -116,8 +116,9 @@ def summary(stats: dict[str, QueueStats], tally: Tally, elapsed: float) -> Group
     return Group(table)
 
 
-def run_demo(db: str, duration: float | None, concurrency: int) -> None:
-    """Run the demo for ``duration`` seconds (None: until Ctrl-C)."""
+def run_demo(db: str, duration: float | None, concurrency: int, dashboard_port: int | None = 8000) -> None:
+    """Run the demo for ``duration`` seconds (None: until Ctrl-C), serving the dashboard
+    on ``dashboard_port`` (None: no dashboard)."""
     logging.basicConfig(level=logging.ERROR)
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
@@ -128,10 +129,28 @@ def run_demo(db: str, duration: float | None, concurrency: int) -> None:
     app.bus.subscribe(tally, [sig.JOB_ENQUEUED, sig.JOB_COMPLETED, sig.JOB_FAILED, sig.JOB_RETRYING, sig.JOB_DEAD])
     console = Console()
     console.print(f"[bold]conveyor demo[/]: broker {url}, concurrency {concurrency}. Ctrl-C stops it gracefully.")
-    asyncio.run(_main(app, tally, console, duration, concurrency))
+    asyncio.run(_main(app, tally, console, duration, concurrency, dashboard_port))
 
 
-async def _main(app: App, tally: Tally, console: Console, duration: float | None, concurrency: int) -> None:
+async def _start_dashboard(app: App, console: Console, port: int) -> Any:
+    try:
+        from ..dashboard import DashboardServer
+    except ImportError:
+        console.print("dashboard: not installed (pip install 'conveyor[dashboard]')")
+        return None
+    server = DashboardServer(app, port=port)
+    try:
+        url = await server.start()
+    except OSError as exc:
+        console.print(f"dashboard: cannot listen on port {port}: {exc.strerror or exc}")
+        return None
+    console.print(f"[bold]dashboard[/]: {url}")
+    return server
+
+
+async def _main(
+    app: App, tally: Tally, console: Console, duration: float | None, concurrency: int, dashboard_port: int | None
+) -> None:
     worker = Worker(
         app, WorkerConfig(concurrency=concurrency, shutdown_timeout=5.0, stats_interval=1.0, poll_interval=0.2)
     )
@@ -139,6 +158,7 @@ async def _main(app: App, tally: Tally, console: Console, duration: float | None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    dashboard = None if dashboard_port is None else await _start_dashboard(app, console, dashboard_port)
     started = time.time()
     producer = asyncio.create_task(produce(app, stop))
     running = asyncio.create_task(worker.run())
@@ -168,6 +188,8 @@ async def _main(app: App, tally: Tally, console: Console, duration: float | None
     await producer
     worker.request_stop("demo_finished")
     await running
+    if dashboard is not None:
+        await dashboard.stop()
     stats = await (await app.broker()).stats(worker.queues)
     console.print()
     console.print(summary(stats, tally, time.time() - started))
