@@ -395,7 +395,9 @@ def migrate(app_path: str) -> None:
 @click.option("--forever", is_flag=True, help="Run until Ctrl-C.")
 @click.option("--db", default="conveyor-demo.db", show_default=True, help="SQLite file to use.")
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--dashboard-port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option(
+    "--dashboard-port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
 @click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard.")
 def demo(duration: float, forever: bool, db: str, concurrency: int, dashboard_port: int, no_dashboard: bool) -> None:
     """Run a live demo: a mixed workload on a local SQLite file, with progress and the dashboard."""
