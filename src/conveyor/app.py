@@ -284,20 +284,19 @@ class App:
         self._portal.stop()
 
     # -- operations (sync facade used by the CLI and scripts) ---------------
+    async def stats_async(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per-queue counts, sorted by queue; without ``queues``, registered queues are always listed."""
+        broker = await self.broker()
+        found = await broker.stats(queues)
+        if queues is None:
+            missing = sorted({d.queue for d in self.registry.values()} - set(found))
+            if missing:
+                found.update(await broker.stats(missing))
+        return dict(sorted(found.items()))
+
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        """Per-queue counts; registered queues are always listed."""
-        known = sorted({d.queue for d in self.registry.values()})
-
-        async def go(b: Broker) -> dict[str, QueueStats]:
-            found = await b.stats(queues)
-            if queues is None:
-                missing = [q for q in known if q not in found]
-                if missing:
-                    found.update(await b.stats(missing))
-            return dict(sorted(found.items()))
-
-        result: dict[str, QueueStats] = self.run(go)
-        return result
+        """Sync form of :meth:`stats_async`."""
+        return self._portal.call(self.stats_async(queues))
 
     def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         if queue is not None:

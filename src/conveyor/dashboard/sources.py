@@ -73,12 +73,7 @@ class Sources:
     # -- broker -----------------------------------------------------------
     async def queue_stats(self) -> dict[str, QueueStats]:
         """Per-queue counts; the app's registered queues are always listed."""
-        broker = await self.app.broker()
-        found = await broker.stats(None)
-        missing = sorted({d.queue for d in self.app.registry.values()} - set(found))
-        if missing:
-            found.update(await broker.stats(missing))
-        return dict(sorted(found.items()))
+        return await self.app.stats_async()
 
     async def sample(self) -> None:
         """Record one sample of queue depths and worker resources; evaluate health when due."""

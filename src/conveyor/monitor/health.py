@@ -150,12 +150,7 @@ class HealthMonitor:
         return self._history
 
     async def _stats(self) -> dict[str, QueueStats]:
-        broker = await self.app.broker()
-        found = await broker.stats(None)
-        known = {d.queue for d in self.app.registry.values()} - set(found)
-        if known:
-            found.update(await broker.stats(sorted(known)))
-        return dict(sorted(found.items()))
+        return await self.app.stats_async()
 
     async def evaluate(
         self,
