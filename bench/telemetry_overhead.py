@@ -12,10 +12,16 @@ as ratios to ``off``:
 * ``metrics``: the standard Prometheus metric set only.
 * ``metrics+logs``: plus the signal log sink, JSON lines to a file (INFO: one
   ``job.completed`` line per job).
-* ``traces``: process spans and a ``job_processing`` signal span, OpenTelemetry
+* ``traces``: a process span per job (the tracing middleware), OpenTelemetry
   SDK with a BatchSpanProcessor and a no-op exporter, every span sampled.
-* ``all``: everything above.
-* ``all@10%``: everything, spans sampled at 10% (``ParentBased(TraceIdRatioBased)``).
+* ``all``: metrics, JSON logs and traces together: what ``Telemetry()`` turns on.
+* ``all+job_span``: plus a ``job_processing`` span built from signals (as in
+  examples/worker_observability), a second span per job.
+* ``all@10%``: ``all`` with spans sampled at 10% (``ParentBased(TraceIdRatioBased)``).
+
+``--job-ms`` gives every job that many milliseconds of CPU work, to see the
+overhead against jobs that do something. Like ``conveyor worker``, each run
+freezes the objects alive at start (``gc.freeze()``).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class Setup:
     """One configuration's app plus what must be shut down after the run."""
 
     def __init__(self, name: str, log_dir: Path, *, metrics: bool, logs: bool, traces: bool,
-                 sample: float = 1.0) -> None:
+                 sample: float = 1.0, job_span: bool = False) -> None:
         self.name = name
         self.provider: TracerProvider | None = None
         self.handler: logging.Handler | None = None
@@ -75,7 +81,7 @@ class Setup:
             tracing=traces,
             tracer_provider=self.provider,
             traces=[Span(sig.JOB_STARTED, [sig.JOB_COMPLETED, sig.JOB_FAILED], "job_id",
-                         name="job_processing")] if traces else [],
+                         name="job_processing")] if job_span else [],
         )
         self.app = App("memory://", telemetry=telemetry)
 
@@ -94,26 +100,33 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "metrics+logs": {"metrics": True, "logs": True, "traces": False},
     "traces": {"metrics": False, "logs": False, "traces": True},
     "all": {"metrics": True, "logs": True, "traces": True},
+    "all+job_span": {"metrics": True, "logs": True, "traces": True, "job_span": True},
     "all@10%": {"metrics": True, "logs": True, "traces": True, "sample": 0.1},
 }
 
 
-def one_run(name: str, jobs: int, concurrency: int, log_dir: Path) -> tuple[float, float]:
+def one_run(name: str, jobs: int, concurrency: int, log_dir: Path, job_ms: float = 0.0) -> tuple[float, float]:
     """Jobs per wall-clock second and per CPU second of one burst worker draining ``jobs``."""
     setup = Setup(name, log_dir, **CONFIGS[name])
     app = setup.app
+    work = job_ms / 1000
 
     @app.job(name="noop")
     async def noop(i: int) -> None:
-        return None
+        if work:
+            until = time.process_time() + work
+            while time.process_time() < until:
+                pass
 
     try:
         for start in range(0, jobs, 1000):
             app.send_batch([noop.message(i) for i in range(start, min(start + 1000, jobs))])
         gc.collect()
+        gc.freeze()
         t0, c0 = time.perf_counter(), time.process_time()
         result = run_until_idle(app, concurrency=concurrency)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        gc.unfreeze()
         assert result.counters.completed == jobs, result
     finally:
         setup.close()
@@ -125,6 +138,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--job-ms", type=float, default=0.0, help="CPU milliseconds of work per job")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated, from {', '.join(CONFIGS)}")
     args = parser.parse_args()
@@ -135,13 +149,14 @@ def main() -> None:
     cpu: dict[str, list[float]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:  # warm-up: imports, first-use caches
-            one_run(n, min(2000, args.jobs), args.concurrency, Path(tmp))
+            one_run(n, min(2000, args.jobs), args.concurrency, Path(tmp), args.job_ms)
         for run in range(args.runs):
             for n in rotate(names, run):
-                w, c = one_run(n, args.jobs, args.concurrency, Path(tmp))
+                w, c = one_run(n, args.jobs, args.concurrency, Path(tmp), args.job_ms)
                 wall[n].append(w)
                 cpu[n].append(c)
-    print(f"{args.jobs} no-op async jobs, memory broker, one worker at concurrency "
+    kind = f"{args.job_ms:g} ms CPU" if args.job_ms else "no-op"
+    print(f"{args.jobs} {kind} async jobs, memory broker, one worker at concurrency "
           f"{args.concurrency}, {args.runs} runs each (medians)")
     report("jobs per wall-clock second", wall)
     report("jobs per CPU second (this process; robust to other load on the machine)", cpu)

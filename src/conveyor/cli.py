@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import logging
@@ -163,7 +164,7 @@ def worker(
         _supervise(app_path, processes, burst, log_level, metrics_host, metrics_port)
         return
     app = load_app(app_path)
-    if log_format == "json" or metrics_port is not None:
+    if log_format == "json" or metrics_port is not None or os.environ.get("CONVEYOR_METRICS_MULTIPROC"):
         from .telemetry.cli import setup_worker_telemetry
 
         setup_worker_telemetry(
@@ -214,6 +215,11 @@ def _supervise(
 
 def run_worker(app: App, config: WorkerConfig) -> WorkerResult:
     """Run ``Worker(app, config)`` with SIGINT/SIGTERM wired to graceful, then forced, stop."""
+
+    # Everything alive now (modules, the app) lives as long as the process: keep the
+    # cyclic garbage collector from scanning it again and again.
+    gc.collect()
+    gc.freeze()
 
     async def go() -> WorkerResult:
         w = Worker(app, config)

@@ -46,6 +46,8 @@ class Key(Generic[T]):
     """A typed attribute of a signal. Subclasses fix the value type."""
 
     kind: ClassVar[str] = ""
+    exact: ClassVar[type | None] = None
+    """Values of exactly this type are accepted as they are (the fast path)."""
     __slots__ = ("description", "name")
 
     def __init__(self, name: str, description: str = "") -> None:
@@ -67,6 +69,7 @@ class Key(Generic[T]):
 
 class StringKey(Key[str]):
     kind = "string"
+    exact = str
 
     def coerce(self, value: Any) -> str:
         if isinstance(value, str):
@@ -76,6 +79,7 @@ class StringKey(Key[str]):
 
 class IntKey(Key[int]):
     kind = "int"
+    exact = int
 
     def coerce(self, value: Any) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -85,6 +89,7 @@ class IntKey(Key[int]):
 
 class FloatKey(Key[float]):
     kind = "float"
+    exact = float
 
     def coerce(self, value: Any) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -94,6 +99,7 @@ class FloatKey(Key[float]):
 
 class BoolKey(Key[bool]):
     kind = "bool"
+    exact = bool
 
     def coerce(self, value: Any) -> bool:
         if isinstance(value, bool):
@@ -105,6 +111,7 @@ class DurationKey(Key[float]):
     """A duration in seconds; accepts numbers and ``timedelta``."""
 
     kind = "duration"
+    exact = float
 
     def coerce(self, value: Any) -> float:
         if isinstance(value, timedelta):
@@ -118,6 +125,7 @@ class ErrorKey(Key[ErrorInfo]):
     """An error; accepts :class:`ErrorInfo` and exceptions."""
 
     kind = "error"
+    exact = ErrorInfo
 
     def coerce(self, value: Any) -> ErrorInfo:
         if isinstance(value, ErrorInfo):
@@ -146,7 +154,7 @@ class Signal:
             key = self.keys.get(name)
             if key is None:
                 raise TypeError(f"signal {self.name!r} has no key {name!r}")
-            values[name] = key.coerce(value)
+            values[name] = value if type(value) is key.exact else key.coerce(value)
         return Event(self, values, time.time())
 
     def __repr__(self) -> str:
@@ -237,7 +245,7 @@ class Bus:
             except Exception:
                 log.exception("sink %r failed on %s", sink, signal.name)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 self._schedule(sink, result, signal.name)
 
     def _schedule(self, sink: Sink, awaitable: Awaitable[None], name: str) -> None:

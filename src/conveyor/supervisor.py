@@ -67,6 +67,14 @@ class Supervisor:
             if child.proc.poll() is None:
                 child.proc.send_signal(signum)
 
+    def _forget_metrics(self, pid: int) -> None:
+        """Drop a dead child's live gauges from the shared Prometheus files, if any."""
+        env = self.env if self.env is not None else dict(os.environ)
+        if "PROMETHEUS_MULTIPROC_DIR" in env:
+            from .telemetry.cli import mark_worker_process_dead
+
+            mark_worker_process_dead(pid, env)
+
     def run(self) -> int:
         """Supervise until every child has stopped; return 0 if all stopped cleanly."""
         previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -81,6 +89,7 @@ class Supervisor:
                     if code is None:
                         continue
                     del self.children[slot]
+                    self._forget_metrics(child.proc.pid)
                     why = describe_exit(code)
                     self.exits.append((slot, child.proc.pid, why))
                     if self._signals or (self.burst and code == 0):

@@ -210,6 +210,14 @@ DEFAULT_LEVELS: Mapping[str, int] = {
     "worker.stopped": logging.INFO,
     "worker.idle": logging.DEBUG,
     "worker.busy": logging.DEBUG,
+    "queue.forecast": logging.DEBUG,
+    "health.check": logging.DEBUG,
+    "worker.resources": logging.DEBUG,
+    "job.resources": logging.DEBUG,
+    "periodic.tick": logging.DEBUG,
+    "alert.fired": logging.WARNING,
+    "alert.resolved": logging.INFO,
+    "worker.lost": logging.ERROR,
 }
 """Level of each built-in signal's log record; other signals log at INFO."""
 
