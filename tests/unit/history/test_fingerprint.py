@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+import conveyor
 from conveyor.history.fingerprint import fingerprint, frames, normalize_message, top_frame
 from conveyor.signals import ErrorInfo
 
@@ -70,6 +72,9 @@ def test_job_type_and_error_type_are_part_of_the_fingerprint() -> None:
     assert fingerprint("KeyError", a.message, a.traceback, "x") != fingerprint(a.type, a.message, a.traceback, "x")
 
 
+EXECUTOR = Path(conveyor.__file__).parent / "worker" / "executor.py"
+
+
 def test_top_frame_skips_the_standard_library_and_conveyor() -> None:
     err = error_of(parse, "{not json")
     assert any("json" in f.file and "decoder" in f.file for f in frames(err.traceback))
@@ -78,7 +83,7 @@ def test_top_frame_skips_the_standard_library_and_conveyor() -> None:
         "Traceback (most recent call last):\n"
         '  File "/srv/app/jobs.py", line 3, in handler\n'
         '  File "/usr/lib/python3/site-packages/requests/api.py", line 9, in get\n'
-        '  File "/work/main/src/conveyor/worker/executor.py", line 1, in _call\n'
+        f'  File "{EXECUTOR}", line 1, in _call\n'
         "ValueError: x\n"
     )
     assert top_frame(fake).label == "jobs.py:handler"  # type: ignore[union-attr]
