@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback as tb
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,7 +43,7 @@ class ErrorInfo:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
 
-class Key(Generic[T]):
+class Key(ABC, Generic[T]):
     """A typed attribute of a signal. Subclasses fix the value type."""
 
     kind: ClassVar[str] = ""
@@ -56,9 +57,9 @@ class Key(Generic[T]):
         self.name = name
         self.description = description
 
+    @abstractmethod
     def coerce(self, value: Any) -> T:
         """Return ``value`` as this key's type, or raise ``TypeError``."""
-        raise NotImplementedError  # each concrete key overrides this
 
     def _reject(self, value: Any) -> TypeError:
         return TypeError(f"key {self.name!r} takes {self.kind} values, got {type(value).__name__}")
