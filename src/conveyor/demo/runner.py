@@ -136,7 +136,7 @@ async def _start_dashboard(app: App, console: Console, port: int) -> Any:
     try:
         from ..dashboard import DashboardServer
     except ImportError:
-        console.print("dashboard: not installed (pip install 'conveyor[dashboard]')")
+        console.print("dashboard: not installed (pip install 'conveyor[dashboard]')", markup=False)
         return None
     server = DashboardServer(app, port=port)
     try:
