@@ -91,13 +91,10 @@ class Executor:
         bus = self.bus
         start = time.time()
         if bus.wants(sig.JOB_STARTED):
-            bus.emit(
+            self._emit(
                 sig.JOB_STARTED,
-                job_id=job.id,
-                job_type=job.type,
-                queue=job.queue,
-                attempt=d.attempts,
-                worker_id=self.worker_id,
+                d,
+                job.type,
                 latency=max(0.0, start - (job.scheduled_at or job.created_at)),
                 redelivery=d.redelivery,
             )
@@ -114,15 +111,7 @@ class Executor:
         self.acker.add(d)
         self.counters.completed += 1
         if bus.wants(sig.JOB_COMPLETED):
-            bus.emit(
-                sig.JOB_COMPLETED,
-                job_id=job.id,
-                job_type=job.type,
-                queue=job.queue,
-                attempt=d.attempts,
-                worker_id=self.worker_id,
-                duration=time.time() - start,
-            )
+            self._emit(sig.JOB_COMPLETED, d, job.type, duration=time.time() - start)
 
     async def _call(self, definition: JobDef, job: Job, ctx: JobContext) -> Any:
         async def handler() -> Any:
@@ -148,17 +137,7 @@ class Executor:
         info = ErrorInfo.from_exception(exc)
         self.counters.failed += 1
         if self.bus.wants(sig.JOB_FAILED):
-            self.bus.emit(
-                sig.JOB_FAILED,
-                job_id=job.id,
-                job_type=job.type,
-                queue=job.queue,
-                attempt=d.attempts,
-                worker_id=self.worker_id,
-                duration=duration,
-                error=info,
-                will_retry=decision.retry,
-            )
+            self._emit(sig.JOB_FAILED, d, job.type, duration=duration, error=info, will_retry=decision.retry)
         if not decision.retry:
             await self._bury(d, job, decision.reason, info)
             return
@@ -171,16 +150,19 @@ class Executor:
         self.on_retry(retry_at)
         self.counters.retried += 1
         if self.bus.wants(sig.JOB_RETRYING):
-            self.bus.emit(
-                sig.JOB_RETRYING,
-                job_id=job.id,
-                job_type=job.type,
-                queue=job.queue,
-                attempt=d.attempts,
-                worker_id=self.worker_id,
-                delay=decision.delay,
-                error=info,
-            )
+            self._emit(sig.JOB_RETRYING, d, job.type, delay=decision.delay, error=info)
+
+    def _emit(self, signal: sig.Signal, d: Delivery, job_type: str, **attrs: Any) -> None:
+        """Emit a job signal with the attributes every job signal carries."""
+        self.bus.emit(
+            signal,
+            job_id=d.id,
+            job_type=job_type,
+            queue=d.queue,
+            attempt=d.attempts,
+            worker_id=self.worker_id,
+            **attrs,
+        )
 
     async def _bury(self, d: Delivery, job: Job | None, reason: str, info: ErrorInfo) -> None:
         try:
@@ -191,13 +173,4 @@ class Executor:
         self.counters.dead += 1
         log.warning("job %s (%s) dead-lettered: %s: %s", d.id, d.type, reason, info.message)
         if self.bus.wants(sig.JOB_DEAD):
-            self.bus.emit(
-                sig.JOB_DEAD,
-                job_id=d.id,
-                job_type=job.type if job else d.type,
-                queue=d.queue,
-                attempt=d.attempts,
-                worker_id=self.worker_id,
-                reason=reason,
-                error=info,
-            )
+            self._emit(sig.JOB_DEAD, d, job.type if job else d.type, reason=reason, error=info)
