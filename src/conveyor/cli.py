@@ -187,11 +187,6 @@ def worker(
         f" {c.failed} failed attempts, {c.retried} retried, {c.dead} dead",
         err=True,
     )
-    if result.abandoned:
-        # Threads of abandoned sync jobs would keep the interpreter alive: leave now.
-        logging.shutdown()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 def _supervise(

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +21,7 @@ from ..middleware import chain
 from ..registry import JobDef
 from ..signals import ErrorInfo
 from .acker import Acker
+from .threads import ThreadRunner
 
 if TYPE_CHECKING:
     from ..app import App
@@ -52,11 +51,11 @@ class Executor:
         app: App,
         broker: Broker,
         acker: Acker,
-        pool: ThreadPoolExecutor,
+        threads: ThreadRunner,
         worker_id: str,
         on_retry: Callable[[float], None],
     ) -> None:
-        self.app, self.broker, self.acker, self.pool = app, broker, acker, pool
+        self.app, self.broker, self.acker, self.threads = app, broker, acker, threads
         self.worker_id = worker_id
         self.on_retry = on_retry
         self.counters = Counters()
@@ -118,8 +117,7 @@ class Executor:
             if definition.is_async:
                 return await definition.fn(*job.args, **job.kwargs)
             call = functools.partial(definition.fn, *job.args, **job.kwargs)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.pool, contextvars.copy_context().run, call)
+            return await self.threads.run(call)
 
         call_next = chain(self.app.middleware, ctx, handler) if self.app.middleware else handler
         if definition.timeout is None:

@@ -8,7 +8,6 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -20,6 +19,7 @@ from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
 from .executor import Counters, Executor
+from .threads import ThreadRunner
 
 if TYPE_CHECKING:
     from ..app import App
@@ -140,8 +140,8 @@ class Worker:
         broker = await self.app.broker()
         self.app.bus.bind_loop(asyncio.get_running_loop())
         acker = Acker(broker)
-        pool = ThreadPoolExecutor(c.concurrency, thread_name_prefix="conveyor-job")
-        executor = Executor(self.app, broker, acker, pool, self.id, self._note_retry)
+        threads = ThreadRunner(asyncio.get_running_loop(), c.concurrency)
+        executor = Executor(self.app, broker, acker, threads, self.id, self._note_retry)
         buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
         slot_freed = asyncio.Event()
         emit = self.app.bus.emit
@@ -192,7 +192,7 @@ class Worker:
             for task in consumers + background:
                 task.cancel()
             await asyncio.gather(*consumers, *background, return_exceptions=True)
-            pool.shutdown(wait=False, cancel_futures=True)
+            threads.stop()
             emit(sig.WORKER_STOPPED, worker_id=self.id, reason=self._reason)
             await self.app.bus.drain()
             await self.app.aclose()
