@@ -41,5 +41,9 @@ test: $(VENV)/.dev services browser lint typecheck
 unit: $(VENV)/.dev
 	$(BIN)/pytest -q tests/unit tests/contract -k "memory or sqlite or not contract"
 
+# Side-by-side benchmarks against peers (about 25 minutes; see bench/README.md).
+bench:
+	bash bench/run.sh $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache conveyor-demo.db*
