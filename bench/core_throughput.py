@@ -293,7 +293,7 @@ def main() -> None:
            "concurrency": a.concurrency, "runs": a.runs, "python": sys.version.split()[0],
            "loadavg": Path("/proc/loadavg").read_text().split()[:3],
            "summary": summary, "errors": errors, "trials": trials}
-    out = Path(a.json) if a.json else BENCH / "results" / f"core-{started.strftime('%Y%m%dT%H%M%S')}.json"
+    out = Path(a.json) if a.json else BENCH / "results" / "scratch" / f"core-{started.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))
 

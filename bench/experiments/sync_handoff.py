@@ -97,6 +97,7 @@ def cleanup(broker: str, tag: str) -> None:
 
 def trial(variant: str, n: int, broker: str = "memory") -> dict:
     import os
+    import shutil
     import tempfile
 
     from conveyor import App
@@ -104,12 +105,14 @@ def trial(variant: str, n: int, broker: str = "memory") -> dict:
     from conveyor.worker import executor as ex
 
     tag = f"cvbench-exp-{os.getpid()}"
-    app = App(url_for(broker, tag, tempfile.mkdtemp(prefix="cvbench-exp-")))
+    tmp = tempfile.mkdtemp(prefix="cvbench-exp-")
+    app = App(url_for(broker, tag, tmp))
     try:
         return _trial(app, variant, n, ex, Worker, WorkerConfig)
     finally:
         app.close()
         cleanup(broker, tag)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _trial(app, variant: str, n: int, ex, Worker, WorkerConfig) -> dict:
