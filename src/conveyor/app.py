@@ -276,7 +276,7 @@ class App:
 
     def close(self) -> None:
         """Close every connection and stop the background loop."""
-        if self._portal._loop is not None:
+        if self._portal.started:
             self._portal.call(self.aclose())
         shared, self._shared = self._shared, None
         if shared is not None:

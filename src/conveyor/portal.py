@@ -37,6 +37,11 @@ class Portal:
                 self._loop = loop
             return self._loop
 
+    @property
+    def started(self) -> bool:
+        """True once the loop runs (after the first :meth:`call`)."""
+        return self._loop is not None
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the portal loop and block until it returns."""
         loop = self.loop

@@ -31,18 +31,19 @@ def run_until_idle(app: App, queues: Iterable[str] = (), concurrency: int = 4, *
     Retries use each job's backoff, so give test jobs a short one. Extra
     keyword options go to :class:`~conveyor.WorkerConfig`.
     """
+    return asyncio.run(run_until_idle_async(app, queues, concurrency, **options))
+
+
+async def run_until_idle_async(
+    app: App, queues: Iterable[str] = (), concurrency: int = 4, **options: float
+) -> WorkerResult:
+    """Async form of :func:`run_until_idle`."""
     config = WorkerConfig(
         queues=tuple(queues),
         concurrency=concurrency,
         burst=True,
         **options,  # type: ignore[arg-type]
     )
-    return asyncio.run(Worker(app, config).run())
-
-
-async def run_until_idle_async(app: App, queues: Iterable[str] = (), concurrency: int = 4) -> WorkerResult:
-    """Async form of :func:`run_until_idle`."""
-    config = WorkerConfig(queues=tuple(queues), concurrency=concurrency, burst=True)
     return await Worker(app, config).run()
 
 
