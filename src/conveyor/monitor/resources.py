@@ -11,8 +11,12 @@ window of ``resource_window`` samples and raises, through the app's
 
 Around each job (``job.started`` to ``job.completed``/``job.failed``) it
 measures RSS retained, peak RSS growth and CPU time, and keeps totals per job
-type; with concurrency above 1 a job is charged the process-wide change
-divided by the most jobs running at once during it.
+type; with concurrency above 1 a job is charged the process-wide change in RSS
+and CPU divided by the most jobs running at once during it. The peak is exact on
+Linux (:class:`~conveyor.monitor.peak.PeakRss`: the kernel's high-water mark,
+reset at every job start) and the highest sampled RSS elsewhere; it is the
+process's peak while the job ran, so with jobs running at once it belongs to
+that set of jobs (``concurrent_jobs``) and is not divided.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from .. import signals as sig
 from .alerts import CRITICAL, WARNING, Alert, AlertManager
 from .config import MonitorConfig
+from .peak import PeakRss
 
 if TYPE_CHECKING:
     import psutil
@@ -61,7 +66,9 @@ JOB_RESOURCES = sig.Signal(
         sig.QUEUE,
         sig.WORKER_ID,
         sig.IntKey("rss_retained_bytes", "RSS after minus before (may be negative)"),
-        sig.IntKey("rss_peak_growth_bytes", "highest RSS seen during the attempt minus RSS before"),
+        sig.IntKey("rss_peak_growth_bytes", "the process's highest RSS during the attempt minus RSS before"),
+        sig.BoolKey("rss_peak_exact", "the peak is the kernel's high-water mark (else the highest sample)"),
+        sig.IntKey("concurrent_jobs", "most jobs running at once during the attempt (the peak is theirs)"),
         sig.DurationKey("cpu_time", "CPU seconds used by the process during the attempt"),
     ),
 )
@@ -84,7 +91,7 @@ class JobTypeUsage:
     rss_retained: int = 0
     """Sum of RSS after minus RSS before, bytes (memory a job type keeps)."""
     rss_peak_growth: int = 0
-    """The largest peak RSS growth of one attempt, bytes."""
+    """The largest peak RSS growth of one attempt (with the jobs running beside it), bytes."""
     cpu_time: float = 0.0
     """CPU seconds."""
 
@@ -112,11 +119,20 @@ class _Open:
 class ResourceMonitor:
     """Samples this process and alerts on memory and CPU; a :class:`~conveyor.worker.WorkerService`."""
 
-    def __init__(self, config: MonitorConfig, alerts: AlertManager, process: psutil.Process | None = None) -> None:
+    def __init__(
+        self,
+        config: MonitorConfig,
+        alerts: AlertManager,
+        process: psutil.Process | None = None,
+        peak: PeakRss | None = None,
+    ) -> None:
+        """``peak`` reads this process's exact peak RSS (default: :class:`PeakRss` when
+        ``process`` is this process); without it the peak is the highest sampled RSS."""
         import psutil
 
         self.config = config
         self.alerts = alerts
+        self.peak = peak if peak is not None or process is not None else PeakRss()
         self.process = process or psutil.Process(os.getpid())
         self.samples: deque[Sample] = deque(maxlen=config.resource_window)
         self.usage: dict[str, JobTypeUsage] = {}
@@ -139,9 +155,20 @@ class ResourceMonitor:
     def _rss(self) -> int:
         return int(self.process.memory_info().rss)
 
+    def _fold_peak(self) -> None:
+        """Raise the peak of every running job to the process's peak since the last reset
+        (each of them was running since then: a reset happens at every job start)."""
+        hwm = self.peak.read() if self.peak is not None else None
+        if hwm is not None:
+            for job in self._open.values():
+                job.peak = max(job.peak, hwm)
+
     def _on_start(self, event: sig.Event) -> None:
-        rss, cpu = self._rss(), self._cpu()
         with self._lock:
+            self._fold_peak()
+            if self.peak is not None:
+                self.peak.reset()
+            rss, cpu = self._rss(), self._cpu()
             width = len(self._open) + 1
             for job in self._open.values():
                 job.width = max(job.width, width)
@@ -152,12 +179,14 @@ class ResourceMonitor:
     def _on_end(self, event: sig.Event) -> None:
         rss, cpu = self._rss(), self._cpu()
         with self._lock:
+            self._fold_peak()
             job = self._open.pop(event.attrs["job_id"], None)
             if job is None:
                 return
             width = job.width
             retained = (rss - job.rss) // width
-            peak = (max(job.peak, rss) - job.rss) // width
+            peak = max(job.peak, rss) - job.rss
+            exact = self.peak is not None and self.peak.available
             cpu_time = max(0.0, cpu - job.cpu) / width
             usage = self.usage.setdefault(job.job_type, JobTypeUsage())
             usage.runs += 1
@@ -174,6 +203,8 @@ class ResourceMonitor:
                 worker_id=job.worker_id,
                 rss_retained_bytes=retained,
                 rss_peak_growth_bytes=peak,
+                rss_peak_exact=exact,
+                concurrent_jobs=width,
                 cpu_time=cpu_time,
             )
 
