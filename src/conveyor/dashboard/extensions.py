@@ -25,7 +25,9 @@ class Monitoring:
 
     The dashboard evaluates the checks itself every ``config.interval`` seconds
     into an alert manager without sinks: alerts become active and resolved as
-    the workers' monitor sees them, and the dashboard notifies no one.
+    the workers' monitor sees them, and the dashboard notifies no one. Having no
+    sink, it takes no alert cooldown lock, so it never holds back an alert from
+    the monitor that delivers it.
     """
 
     def __init__(self, app: App, monitor: Monitor) -> None:

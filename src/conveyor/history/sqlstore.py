@@ -19,6 +19,7 @@ from ..errors import ConveyorError
 from .queries import Queries
 from .schema import Cursor, Dialect
 from .store import (
+    LOST,
     AttemptRecord,
     Change,
     ErrorRecord,
@@ -160,8 +161,10 @@ class SQLHistoryStore(HistoryStore):
             f"INSERT INTO {{workers}} AS w ({_WORKER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, '', ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat,"
             " heartbeat_interval = excluded.heartbeat_interval, rss_bytes = excluded.rss_bytes,"
-            " cpu_percent = excluded.cpu_percent, jobs = excluded.jobs, queues = excluded.queues"
-            " WHERE w.stopped_at IS NULL"  # a late heartbeat never revives a stopped worker
+            " cpu_percent = excluded.cpu_percent, jobs = excluded.jobs, queues = excluded.queues,"
+            " stopped_at = NULL, stop_reason = ''"
+            # a late heartbeat never revives a stopped worker; one marked lost was only silent
+            f" WHERE w.stopped_at IS NULL OR w.stop_reason = '{LOST}'"
         )
         w = worker
         params = (
@@ -175,6 +178,15 @@ class SQLHistoryStore(HistoryStore):
         sql = "UPDATE {workers} SET stopped_at = ?, stop_reason = ?, last_heartbeat = ?, jobs = '[]' WHERE id = ?"
         with self._transaction() as cur:
             cur.execute(self.dialect.sql(sql), (at, reason, at, worker_id))
+
+    def worker_lost(self, worker_id: str, last_heartbeat: float, at: float) -> bool:
+        sql = (
+            "UPDATE {workers} SET stopped_at = ?, stop_reason = ?"
+            " WHERE id = ? AND stopped_at IS NULL AND last_heartbeat <= ?"
+        )
+        with self._transaction() as cur:
+            cur.execute(self.dialect.sql(sql), (at, LOST, worker_id, last_heartbeat))
+            return cur.rowcount > 0
 
     def manual_retry(self, job_ids: Sequence[str], at: float | None = None) -> None:
         when = time.time() if at is None else at

@@ -37,6 +37,13 @@ STATES = (ENQUEUED, SCHEDULED, RUNNING, FAILED, RETRYING, COMPLETED, DEAD)
 STARTED, MANUAL_RETRY = "started", "manual_retry"
 EVENT_KINDS = (ENQUEUED, SCHEDULED, STARTED, COMPLETED, FAILED, RETRYING, DEAD, MANUAL_RETRY)
 
+#: ``stop_reason`` of a worker the monitor marked lost: it stopped heartbeating without
+#: stopping and every job it was running has been rescued. A heartbeat revives it.
+LOST = "lost"
+
+_SAME_START = 1.0
+"""Seconds between a worker's own start time of a job and history's that still mean the same attempt."""
+
 #: Attempt outcomes. ``lost``: the worker disappeared (its lease expired or it shut down).
 OUTCOMES = ("running", "completed", "failed", "lost")
 
@@ -281,9 +288,9 @@ class WorkerRecord:
         return max(0.0, (time.time() if now is None else now) - self.last_heartbeat)
 
     def status(self, now: float | None = None) -> str:
-        """``running``, ``stopped``, or ``lost`` (no heartbeat for three intervals)."""
+        """``running``, ``stopped``, or ``lost`` (marked lost, or no heartbeat for three intervals)."""
         if self.stopped_at is not None:
-            return "stopped"
+            return LOST if self.stop_reason == LOST else "stopped"
         return "lost" if self.heartbeat_age(now) > 3 * self.heartbeat_interval else "running"
 
 
@@ -340,6 +347,23 @@ class HistoryStore(ABC):
         """The jobs ``worker_id`` was last known to run: those of its last heartbeat plus
         its attempts that never finished (the answer to "what was it doing when it died?")."""
 
+    def attempt_over(self, job: RunningJobRecord, worker_id: str) -> bool:
+        """Whether history shows that ``worker_id``'s attempt of ``job`` is over: the attempt
+        finished (or was marked lost when the job was delivered again), a later attempt
+        started, or the job completed or went dead since. False when history does not know."""
+        timeline = self.get_job(job.id)
+        if timeline is None or timeline.job.id != job.id:  # unknown (get_job also takes prefixes)
+            return False
+        latest = timeline.job
+        if latest.state in (COMPLETED, DEAD) and (latest.finished_at or 0.0) >= job.since:
+            return True
+        if latest.started_at is not None and latest.started_at > job.since + _SAME_START:
+            return True
+        return any(
+            a.attempt == job.attempt and a.worker_id == worker_id and a.finished_at is not None
+            for a in timeline.attempts
+        )
+
     # -- writing (used by the History extension) -------------------------------
     @abstractmethod
     def record(self, changes: Sequence[Change]) -> None:
@@ -352,6 +376,11 @@ class HistoryStore(ABC):
     @abstractmethod
     def worker_stopped(self, worker_id: str, at: float, reason: str) -> None:
         """Mark a worker stopped."""
+
+    @abstractmethod
+    def worker_lost(self, worker_id: str, last_heartbeat: float, at: float) -> bool:
+        """Mark a silent worker lost (stop reason :data:`LOST`) unless it was heard from after
+        ``last_heartbeat`` or has stopped; True when marked. Its next heartbeat revives it."""
 
     @abstractmethod
     def manual_retry(self, job_ids: Sequence[str], at: float | None = None) -> None:

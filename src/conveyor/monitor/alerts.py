@@ -158,6 +158,11 @@ class AlertManager:
     def add_sink(self, sink: AlertSink) -> None:
         self.sinks.append(sink)
 
+    @property
+    def delivers(self) -> bool:
+        """Whether notifications go anywhere (a manager without sinks only tracks alerts)."""
+        return bool(self.sinks)
+
     def active(self) -> list[ActiveAlert]:
         """Alerts active now, most severe first."""
         with self._lock:

@@ -82,6 +82,7 @@ class Inputs:
     local_jobs: Sequence[RunningJobRecord] = ()
     """Jobs of the process's own worker (used for stuck jobs when there is no history)."""
     visibility_timeout: float = 60.0
+    _open: dict[str, list[RunningJobRecord]] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def workers(self) -> list[WorkerRecord]:
@@ -93,6 +94,16 @@ class Inputs:
 
     def stalled(self, w: WorkerRecord) -> bool:
         return w.heartbeat_age(self.now) > self.config.heartbeat_timeout
+
+    def open_jobs(self, w: WorkerRecord) -> list[RunningJobRecord]:
+        """The jobs of a stalled worker whose attempt history does not show over (finished,
+        delivered again); a live worker's jobs as of its last heartbeat."""
+        if self.history is None or not self.stalled(w):
+            return w.jobs
+        if w.id not in self._open:
+            history = self.history
+            self._open[w.id] = [j for j in history.worker_jobs(w.id) if not history.attempt_over(j, w.id)]
+        return self._open[w.id]
 
 
 def grade(value: float, warning: float, critical: float | None) -> str:
@@ -135,15 +146,20 @@ def queue_size(i: Inputs) -> list[CheckResult]:
 
 
 def dlq_growth(i: Inputs) -> list[CheckResult]:
-    """Dead letters added in ``dlq_window``: from the monitor's samples, else from history."""
+    """Dead letters added in ``dlq_window``: from the monitor's samples once they span the
+    window, else from history (else from the samples there are)."""
     c = i.config
     added: dict[str, int] = {}
     source = ""
-    if any(len(v) >= 2 for v in i.samples.values()):
+    start = i.now - c.dlq_window
+    sampled = [v for v in i.samples.values() if v]
+    covered = bool(sampled) and min(v[0][0] for v in sampled) <= start
+    if covered or (i.history is None and any(len(v) >= 2 for v in sampled)):
+        # samples only when they span the window: a new leader's first ones would miss what came before
         source = "samples"
-        start = i.now - c.dlq_window
         for q, samples in i.samples.items():
-            recent = [s.dead for t, s in samples if t >= start]
+            baseline = [s.dead for t, s in samples if t <= start][-1:]
+            recent = baseline + [s.dead for t, s in samples if t > start]
             added[q] = sum(max(0, b - a) for a, b in itertools.pairwise(recent))
     elif i.history is not None:
         source = "history"
@@ -192,7 +208,7 @@ def worker_stalled(i: Inputs) -> list[CheckResult]:
     for w in i.workers:
         age = w.heartbeat_age(i.now)
         if i.stalled(w):
-            jobs = i.history.worker_jobs(w.id)
+            jobs = i.open_jobs(w)
             message = (
                 f"worker {w.id} (pid {w.pid} on {w.host}) has not sent a heartbeat for {age:.0f}s;"
                 f" it was running {_jobs_text(jobs)}"
@@ -211,7 +227,7 @@ def job_stuck(i: Inputs) -> list[CheckResult]:
     if i.history is None:
         running = [(j, "") for j in i.local_jobs]
     for w in i.workers:
-        jobs = i.history.worker_jobs(w.id) if i.history is not None and i.stalled(w) else w.jobs
+        jobs = i.open_jobs(w)
         running += [(j, w.id) for j in jobs]
         if w.heartbeat_age(i.now) > i.visibility_timeout:
             for j in jobs:
@@ -228,7 +244,7 @@ def job_stuck(i: Inputs) -> list[CheckResult]:
         timeout = definition.timeout if definition is not None else None
         limit = timeout + c.stuck_grace if timeout is not None else c.stuck_after
         ran = i.now - j.since
-        if ran > limit:
+        if ran > limit and not (worker and i.history is not None and i.history.attempt_over(j, worker)):
             bound = f"its timeout of {timeout:g}s" if timeout is not None else f"{c.stuck_after:g}s"
             where = f" on worker {worker}" if worker else ""
             message = f"job {j.id} ({j.type}) has run for {ran:.0f}s{where}, past {bound}"

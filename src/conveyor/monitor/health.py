@@ -133,7 +133,8 @@ class HealthMonitor:
         self.alerts = alerts or AlertManager(cooldown=self.config.cooldown)
         self._history = history
         self._history_looked = history is not None
-        keep = max(self.config.backlog_samples, 2) + int(self.config.throughput_window // self.config.interval) + 1
+        window = max(self.config.throughput_window, self.config.dlq_window)
+        keep = max(self.config.backlog_samples, 2) + int(window // self.config.interval) + 2
         self.samples: dict[str, deque[Sample]] = {}
         self._keep = keep
         self.lost: dict[str, LostWorker] = {}
@@ -175,6 +176,8 @@ class HealthMonitor:
             return HealthReport(now, [result])
         for q, s in stats.items():
             self.samples.setdefault(q, deque(maxlen=self._keep)).append((now, s))
+        if alert and checks and self.alerts.delivers and self.history is not None:
+            await asyncio.to_thread(self._mark_lost, self.history, now)
         local: list[RunningJobRecord] = []
         if worker is not None:
             from ..history.store import RunningJobRecord
@@ -255,12 +258,36 @@ class HealthMonitor:
             )
         return out
 
+    def _mark_lost(self, history: HistoryStore, now: float) -> None:
+        """Mark lost in the registry each stalled worker whose ``worker_stalled`` alert was sent
+        and every one of whose jobs is over (finished, or rescued by another delivery)."""
+        reported = {
+            a.alert.labels.get("worker", "")
+            for a in self.alerts.active()
+            if a.alert.name == "worker_stalled" and a.notified
+        }
+        if not reported:
+            return
+        for w in history.workers(include_stopped=False):
+            if w.id not in reported or w.heartbeat_age(now) <= self.config.heartbeat_timeout:
+                continue
+            jobs = history.worker_jobs(w.id)
+            if any(not history.attempt_over(j, w.id) for j in jobs):
+                continue
+            if history.worker_lost(w.id, w.last_heartbeat, now):
+                log.warning(
+                    "worker %s marked lost: silent for %.0fs, its jobs are accounted for (%s)",
+                    w.id,
+                    w.heartbeat_age(now),
+                    ", ".join(f"{j.type} {j.id}" for j in jobs) or "it ran none",
+                )
+
     def _note_lost(self, inputs: Inputs, report: HealthReport) -> None:
         stalled = {r.labels.get("worker", "") for r in report.results if r.check == "worker_stalled" and r.status != OK}
         for w in inputs.workers:
             if w.id not in stalled or w.id in self.lost or inputs.history is None:
                 continue
-            jobs = inputs.history.worker_jobs(w.id)
+            jobs = inputs.open_jobs(w)
             lost = LostWorker(w.id, w.host, w.pid, w.last_heartbeat, inputs.now, w.rss_bytes, jobs)
             self.lost[w.id] = lost
             log.error(
@@ -295,9 +322,10 @@ class HealthMonitor:
         Sending an alert takes the broker lock ``conveyor:alert:<digest of name, labels,
         severity>`` for ``cooldown`` seconds; when another process holds it, that process
         sent the alert: it is held back here too (and resolved here when it clears).
+        A manager without sinks (the dashboard's) neither takes nor honours these locks.
         """
-        if self.config.cooldown <= 0:
-            return
+        if self.config.cooldown <= 0 or not self.alerts.delivers:
+            return  # only a process that delivers an alert may mark it as sent
         pending = self.alerts.pending(firing)
         if not pending:
             return

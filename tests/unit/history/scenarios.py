@@ -16,7 +16,7 @@ from typing import Any
 from conveyor import App, Backoff, Worker, WorkerConfig
 from conveyor import signals as sig
 from conveyor.brokers import LEASE_EXPIRED, MANUAL_RETRY, Selector
-from conveyor.history import Change, History, RunningJobRecord, history_of
+from conveyor.history import Change, History, RunningJobRecord, WorkerRecord, history_of
 from conveyor.testing import run_until_idle
 
 MakeApp = Callable[..., App]
@@ -249,6 +249,49 @@ def worker_registry_heartbeats(make_app: MakeApp) -> None:
     assert late.status() == "stopped" and late.jobs == [], "a late heartbeat revived a stopped worker"
 
 
+def silent_worker_marked_lost_until_it_heartbeats(make_app: MakeApp) -> None:
+    store = store_of(make_app())
+    now = time.time()
+    job = RunningJobRecord("j-1", "t", "default", 1, now - 95)
+    silent = WorkerRecord(
+        id="w-silent", host="h", pid=1, queues=["default"], concurrency=1, started_at=now - 100,
+        last_heartbeat=now - 90, heartbeat_interval=1.0, jobs=[job],
+    )  # fmt: skip
+    store.heartbeat(silent)
+    assert not store.worker_lost("w-silent", now - 91, now), "marked lost though heard from since"
+    assert store.worker_lost("w-silent", now - 90, now)
+    [lost] = store.workers()
+    assert (lost.status(), lost.stop_reason, lost.stopped_at) == ("lost", "lost", now)
+    assert lost.last_heartbeat == now - 90 and [j.id for j in lost.jobs] == ["j-1"]
+    assert store.workers(include_stopped=False) == []
+    assert not store.worker_lost("w-silent", now, now + 1), "marked lost twice"
+    store.heartbeat(replace(silent, last_heartbeat=now + 2, jobs=[]))
+    [back] = store.workers(include_stopped=False)
+    assert (back.status(now + 2), back.stopped_at, back.stop_reason, back.jobs) == ("running", None, "", [])
+
+
+def attempt_over_from_history(make_app: MakeApp) -> None:
+    store = store_of(make_app())
+    now = time.time()
+    first, second = (
+        RunningJobRecord("j-1", "t", "default", 1, now - 50),
+        RunningJobRecord("j-1", "t", "default", 2, now - 5),
+    )
+    assert not store.attempt_over(first, "w1"), "history does not know the job"
+    store.record(
+        [
+            Change("enqueued", "j-1", "t", "default", now - 51),
+            Change("started", "j-1", "t", "default", now - 50, 1, "w1"),
+        ]
+    )
+    assert not store.attempt_over(first, "w1")
+    assert not store.attempt_over(RunningJobRecord("j-", "t", "default", 1, now - 50), "w1"), "a prefix is another job"
+    store.record([Change("started", "j-1", "t", "default", now - 5, 2, "w2", redelivery=LEASE_EXPIRED)])
+    assert store.attempt_over(first, "w1") and not store.attempt_over(second, "w2")
+    store.record([Change("completed", "j-1", "t", "default", now - 1, 2, "w2", duration=4.0)])
+    assert store.attempt_over(second, "w2")
+
+
 ALL = (
     timeline_after_retries_then_success,
     dead_job_with_error_and_fingerprint,
@@ -258,6 +301,8 @@ ALL = (
     retention_prunes_old_jobs,
     failure_clusters_and_retry_loops,
     worker_registry_heartbeats,
+    silent_worker_marked_lost_until_it_heartbeats,
+    attempt_over_from_history,
 )
 
 

@@ -35,3 +35,11 @@ def test_failure_clusters_and_retry_loops(make_app: s.MakeApp) -> None:
 
 def test_worker_registry_heartbeats(make_app: s.MakeApp) -> None:
     s.worker_registry_heartbeats(make_app)
+
+
+def test_silent_worker_marked_lost_until_it_heartbeats(make_app: s.MakeApp) -> None:
+    s.silent_worker_marked_lost_until_it_heartbeats(make_app)
+
+
+def test_attempt_over_from_history(make_app: s.MakeApp) -> None:
+    s.attempt_over_from_history(make_app)

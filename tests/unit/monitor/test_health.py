@@ -116,8 +116,8 @@ def test_per_queue_thresholds_override_the_defaults(make_env: Callable[..., Env]
     assert statuses(env.evaluate(), "queue_size") == ["critical"]
 
 
-def test_dlq_growth_from_samples(make_env: Callable[..., Env]) -> None:
-    env = make_env(dlq_growth_warning=2, dlq_growth_critical=5)
+def test_dlq_growth_from_samples_once_they_span_the_window(make_env: Callable[..., Env]) -> None:
+    env = make_env(dlq_growth_warning=2, dlq_growth_critical=5, dlq_window=0.5)
 
     @env.app.job(max_attempts=1)
     def broken() -> None:
@@ -127,6 +127,7 @@ def test_dlq_growth_from_samples(make_env: Callable[..., Env]) -> None:
     for _ in range(3):
         broken.send()
     run_until_idle(env.app)
+    time.sleep(0.6)  # the first sample is now older than the window
     report = env.evaluate()
     [result] = [r for r in report.results if r.check == "dlq_growth"]
     assert (result.status, result.value) == ("warning", 3.0) and "samples" in result.message
