@@ -158,7 +158,9 @@ class ResourceMonitor:
     def _fold_peak(self) -> None:
         """Raise the peak of every running job to the process's peak since the last reset
         (each of them was running since then: a reset happens at every job start)."""
-        hwm = self.peak.read() if self.peak is not None else None
+        if self.peak is None or not self._open:
+            return
+        hwm = self.peak.read()
         if hwm is not None:
             for job in self._open.values():
                 job.peak = max(job.peak, hwm)
