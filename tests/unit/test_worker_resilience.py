@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -391,7 +392,7 @@ def failing_app(failing_broker: FailsOnce) -> Iterator[App]:
 
 
 async def test_a_failing_broker_call_emits_worker_error_and_the_worker_keeps_consuming(
-    failing_app: App, failing_broker: FailsOnce
+    failing_app: App, failing_broker: FailsOnce, caplog: pytest.LogCaptureFixture
 ) -> None:
     app, broker, method = failing_app, failing_broker, failing_broker.method
     done: list[int] = []
@@ -412,6 +413,10 @@ async def test_a_failing_broker_call_emits_worker_error_and_the_worker_keeps_con
     [error] = events.named("worker.error")
     assert error.attrs["stage"] == method and error.attrs["error"].type == "ConnectionError"
     assert_job_context(error, job_id, "flaky", first.worker_id)
+    [record] = [r for r in caplog.records if r.name == "conveyor.worker" and r.levelno == logging.ERROR]
+    assert f"{method} failed for job {job_id}" in record.getMessage() and record.exc_info is not None
+    context = tuple(getattr(record, k, None) for k in JOB_CONTEXT)
+    assert context == (job_id, "flaky", "default", 1, first.worker_id)  # JSON logs lift these to the top
     # The unsettled job is not lost: its lease expires and it comes back.
     deadline = time.monotonic() + DEADLINE
     while not await broker.dlq_list() and job_id not in await broker.rescue():
