@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import App, Backoff, ConfigError, Retry, RetryPolicy, WorkerResult, current_job
+from conveyor import App, Backoff, ConfigError, Retry, RetryPolicy, Worker, WorkerConfig, WorkerResult, current_job
 from conveyor.brokers import MANUAL_RETRY, WORKER_SHUTDOWN, Delivery, Failure, Message
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.job import new_id
@@ -97,6 +97,29 @@ async def test_handler_raising_cancelled_error_settles_the_job_and_the_worker_ke
         assert letter.error_type == "JobCancelled" and "did not cancel" in letter.error_message
         assert "CancelledError" in letter.traceback
     assert_nothing_left(await broker.stats())
+
+
+async def test_the_workers_own_cancellation_is_not_taken_for_a_handlers(app: App) -> None:
+    started = asyncio.Event()
+
+    @app.job(name="stuck")
+    async def stuck() -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    worker = Worker(app, WorkerConfig(concurrency=1, shutdown_timeout=0.2))
+    with capture_signals(app, ["job.failed", "worker.error"]) as events:
+        job_id = await stuck.send_async()
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), DEADLINE)
+        worker.request_stop()
+        result = await asyncio.wait_for(task, DEADLINE)
+    assert result.reason == "shutdown_timeout" and result.counters.failed == 0
+    assert list(events) == []
+    broker = await app.broker()
+    assert await broker.dlq_list() == []
+    [d] = await broker.lease(["default"], 1, 30)
+    assert (d.id, d.attempts, d.redelivery) == (job_id, 1, WORKER_SHUTDOWN)
 
 
 async def test_a_sync_handler_raising_cancelled_error_is_a_failure_of_the_job(app: App) -> None:
