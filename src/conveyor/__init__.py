@@ -6,6 +6,7 @@ from .context import JobContext, current_job
 from .errors import (
     ConfigError,
     ConveyorError,
+    JobCancelled,
     JobTimeout,
     MessageTooLarge,
     NonRetryable,
@@ -47,6 +48,7 @@ __all__ = [
     "FloatKey",
     "IntKey",
     "Job",
+    "JobCancelled",
     "JobContext",
     "JobTimeout",
     "Message",

@@ -27,6 +27,15 @@ class JobTimeout(ConveyorError):
     """A handler ran past its ``timeout``."""
 
 
+class JobCancelled(ConveyorError):
+    """A handler raised ``asyncio.CancelledError`` the worker did not ask for.
+
+    Typically an awaited future or task was cancelled under the handler. It is a
+    failure of the attempt like any other error, retried per the job's policy; the
+    original ``CancelledError`` is its ``__cause__``.
+    """
+
+
 class Retry(Exception):
     """Raise from a handler to retry the job after ``delay`` seconds.
 

@@ -353,6 +353,17 @@ WORKER_BUSY = Signal(
     (WORKER_ID, IntKey("in_flight")),
 )
 
+# -- worker errors: conveyor's own code failing around a job ------------------------
+STAGE = StringKey(
+    "stage",
+    "what failed: decode, retry_policy, backoff, nack, dead, signal or execute",
+)
+WORKER_ERROR = Signal(
+    "worker.error",
+    "Conveyor's own code failed around a job (not the handler); the worker carried on.",
+    (*_RUN, STAGE, ERROR),
+)
+
 BUILTIN: tuple[Signal, ...] = (
     JOB_ENQUEUED,
     JOB_STARTED,
@@ -365,4 +376,5 @@ BUILTIN: tuple[Signal, ...] = (
     WORKER_STOPPED,
     WORKER_IDLE,
     WORKER_BUSY,
+    WORKER_ERROR,
 )

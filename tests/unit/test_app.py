@@ -33,6 +33,7 @@ def test_public_api_is_pinned() -> None:
         "FloatKey",
         "IntKey",
         "Job",
+        "JobCancelled",
         "JobContext",
         "JobTimeout",
         "Message",

@@ -136,5 +136,6 @@ def test_builtin_signals_are_documented() -> None:
         "worker.stopped",
         "worker.idle",
         "worker.busy",
+        "worker.error",
     }
     assert all(s.description for s in sig.BUILTIN)

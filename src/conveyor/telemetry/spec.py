@@ -210,6 +210,7 @@ DEFAULT_LEVELS: Mapping[str, int] = {
     "worker.stopped": logging.INFO,
     "worker.idle": logging.DEBUG,
     "worker.busy": logging.DEBUG,
+    "worker.error": logging.ERROR,
     "queue.forecast": logging.DEBUG,
     "health.check": logging.DEBUG,
     "worker.resources": logging.DEBUG,

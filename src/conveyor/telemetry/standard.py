@@ -48,5 +48,7 @@ STANDARD_METRICS: tuple[Metric, ...] = (
            description="Attempts running now in this process."),
     Metric(sig.WORKER_STARTED, "conveyor_workers", kind="gauge",
            decrement=sig.WORKER_STOPPED, description="Workers running in this process."),
+    Metric(sig.WORKER_ERROR, "conveyor_worker_errors_total", labels=(*_JOB, "stage"),
+           description="Failures of conveyor's own code around a job, by stage; the worker carried on."),
 )
 """``conveyor_*`` metrics labelled by queue and job type (never by job id)."""

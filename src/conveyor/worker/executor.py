@@ -1,4 +1,11 @@
-"""Runs one delivery: decode, look up, run with a timeout, then ack, retry or dead-letter."""
+"""Runs one delivery: decode, look up, run with a timeout, then ack, retry or dead-letter.
+
+Whatever a job raises, BaseException included, settles its delivery. A failure of
+conveyor's own code around a job (decoding, the retry policy, a broker call, a
+signal) is logged with the job's context and emitted as ``worker.error``; the
+delivery is then settled another way or left to its lease. Only the worker's
+own cancellation of the consumer task propagates.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import signals as sig
-from ..brokers import Broker, Delivery, Failure
+from ..brokers import LEASE_EXPIRED, WORKER_SHUTDOWN, Broker, Delivery, Failure
 from ..context import JobContext, _current
-from ..errors import JobTimeout
+from ..errors import JobCancelled, JobTimeout
 from ..job import Job, decode
 from ..middleware import chain
 from ..registry import JobDef
+from ..retry import Decision
 from ..signals import ErrorInfo
 from .acker import Acker
 from .threads import ThreadRunner
@@ -43,6 +51,46 @@ def _failure(info: ErrorInfo) -> Failure:
     return Failure(info.type, info.message, info.traceback)
 
 
+def _error_info(exc: BaseException) -> ErrorInfo:
+    """``ErrorInfo.from_exception``, even for an exception whose ``str()`` raises."""
+    try:
+        return ErrorInfo.from_exception(exc)
+    except Exception:
+        return ErrorInfo(type(exc).__qualname__, f"<{type(exc).__qualname__}: str() failed>")
+
+
+def cancelled_by_worker(exc: BaseException) -> bool:
+    """True for the worker's own cancellation of the running consumer task.
+
+    Only the worker cancels consumer tasks, so a ``CancelledError`` while the task
+    has a cancellation request pending is the worker's; one raised without a
+    request came from the handler's own awaits (a cancelled future, say).
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _exhausted(d: Delivery, max_attempts: int) -> ErrorInfo:
+    """Why a delivery past ``max_attempts`` is dead without running, from its redelivery reason."""
+    head = f"delivered {d.attempts} times (max {max_attempts})"
+    if d.redelivery == LEASE_EXPIRED:
+        return ErrorInfo(
+            "LeaseExpired",
+            f"{head}; the worker running the previous attempt was lost: its lease expired"
+            f" before the attempt was settled (redelivery reason {LEASE_EXPIRED!r})",
+        )
+    if d.redelivery == WORKER_SHUTDOWN:
+        return ErrorInfo(
+            "WorkerShutdown",
+            f"{head}; the previous attempt was interrupted by a worker shutdown"
+            f" (redelivery reason {WORKER_SHUTDOWN!r}) and counted as an attempt",
+        )
+    why = f"redelivery reason {d.redelivery!r}" if d.redelivery else "no redelivery reason was recorded"
+    return ErrorInfo("AttemptsExhausted", f"{head}; the previous attempt was not settled as a failure ({why})")
+
+
 class Executor:
     """Executes deliveries for one worker."""
 
@@ -62,12 +110,15 @@ class Executor:
         self.bus = app.bus
 
     async def execute(self, d: Delivery) -> None:
-        """Process one delivery to the end; never raises (except on cancellation)."""
+        """Process one delivery to the end; raises only on the worker's own cancellation."""
         try:
             job = decode(d.body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            info = ErrorInfo.from_exception(exc)
-            await self._bury(d, None, "undecodable", info)
+            await self._bury(d, None, "undecodable", _error_info(exc))
+            return
+        except Exception as exc:  # e.g. RecursionError on absurdly nested input
+            self.report(d, d.type, "decode", exc, "dead-lettering it as undecodable")
+            await self._bury(d, None, "undecodable", _error_info(exc))
             return
         job.attempts = d.attempts
         definition = self.app.registry.get(job.type)
@@ -76,12 +127,7 @@ class Executor:
             await self._bury(d, job, "unknown_job_type", info)
             return
         if d.attempts > job.max_attempts:
-            info = ErrorInfo(
-                "LeaseExpired",
-                f"delivered {d.attempts} times (max {job.max_attempts}); the worker running the"
-                f" last attempt was lost ({d.redelivery or 'unknown'})",
-            )
-            await self._bury(d, job, "max_attempts_exceeded", info)
+            await self._bury(d, job, "max_attempts_exceeded", _exhausted(d, job.max_attempts))
             return
         await self._run(d, job, definition)
 
@@ -100,10 +146,18 @@ class Executor:
         token = _current.set(ctx)
         try:
             await self._call(definition, job, ctx)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a handler's SystemExit must not kill the worker
-            await self._failed(d, job, definition, exc, time.time() - start)
+        except BaseException as exc:  # a handler's SystemExit must not kill the worker either
+            if cancelled_by_worker(exc):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                error: BaseException = JobCancelled(
+                    "the handler raised CancelledError, but the worker did not cancel it"
+                    " (an awaited future or task was cancelled)"
+                )
+                error.__cause__ = exc
+            else:
+                error = exc
+            await self._failed(d, job, definition, error, time.time() - start)
             return
         finally:
             _current.reset(token)
@@ -130,9 +184,25 @@ class Executor:
                 raise JobTimeout(f"job exceeded its timeout of {definition.timeout}s") from exc
             raise
 
+    def _decide(self, d: Delivery, job: Job, definition: JobDef, exc: BaseException) -> Decision:
+        """The retry policy's decision for the job's own ``max_attempts``; never raises."""
+        try:
+            decision = definition.policy.decide(exc, d.attempts, job.max_attempts)
+        except BaseException as err:
+            if cancelled_by_worker(err):
+                raise
+            self.report(d, job.type, "retry_policy", err, "dead-lettering it as retry_policy_error")
+            return Decision(False, reason="retry_policy_error")
+        if decision.backoff_error is not None:
+            self.report(
+                d, job.type, "backoff", decision.backoff_error,
+                f"retrying it after a fallback delay of {decision.delay:.3f}s",
+            )
+        return decision
+
     async def _failed(self, d: Delivery, job: Job, definition: JobDef, exc: BaseException, duration: float) -> None:
-        decision = definition.policy.decide(exc, d.attempts)
-        info = ErrorInfo.from_exception(exc)
+        decision = self._decide(d, job, definition, exc)
+        info = _error_info(exc)
         self.counters.failed += 1
         if self.bus.wants(sig.JOB_FAILED):
             self._emit(sig.JOB_FAILED, d, job.type, duration=duration, error=info, will_retry=decision.retry)
@@ -142,8 +212,10 @@ class Executor:
         retry_at = time.time() + decision.delay
         try:
             await self.broker.nack(d, retry_at, _failure(info))
-        except Exception:
-            log.exception("could not schedule retry of job %s; its lease will expire", job.id)
+        except BaseException as err:
+            if cancelled_by_worker(err):
+                raise
+            self.report(d, job.type, "nack", err, "its lease will expire and it will run again")
             return
         self.on_retry(retry_at)
         self.counters.retried += 1
@@ -151,24 +223,50 @@ class Executor:
             self._emit(sig.JOB_RETRYING, d, job.type, delay=decision.delay, error=info)
 
     def _emit(self, signal: sig.Signal, d: Delivery, job_type: str, **attrs: Any) -> None:
-        """Emit a job signal with the attributes every job signal carries."""
-        self.bus.emit(
-            signal,
-            job_id=d.id,
-            job_type=job_type,
-            queue=d.queue,
-            attempt=d.attempts,
-            worker_id=self.worker_id,
-            **attrs,
+        """Emit a job signal with the attributes every job signal carries; never raises."""
+        self._emit_quietly(
+            signal, d, job_type,
+            job_id=d.id, job_type=job_type, queue=d.queue, attempt=d.attempts, worker_id=self.worker_id, **attrs,
         )
 
+    def emit_worker(self, d: Delivery, signal: sig.Signal, **attrs: Any) -> None:
+        """Emit a worker signal (busy, idle) around delivery ``d``; never raises."""
+        self._emit_quietly(signal, d, d.type, worker_id=self.worker_id, **attrs)
+
+    def _emit_quietly(self, signal: sig.Signal, d: Delivery, of_type: str, /, **attrs: Any) -> None:
+        try:
+            self.bus.emit(signal, **attrs)
+        except BaseException as exc:  # the bus isolates sinks' Exceptions; this is the rest
+            self.report(d, of_type, "signal", exc, f"{signal.name} was not delivered; the job carries on")
+
+    def report(self, d: Delivery, job_type: str, stage: str, exc: BaseException, outcome: str) -> None:
+        """Log and emit ``worker.error``: conveyor's own code failed at ``stage`` around ``d``."""
+        context = {
+            "job_id": d.id, "job_type": job_type, "queue": d.queue, "attempt": d.attempts,
+            "worker_id": self.worker_id,
+        }
+        log.error(
+            "worker %s: %s failed for job %s (%s, queue %s, attempt %d); %s",
+            self.worker_id, stage, d.id, job_type, d.queue, d.attempts, outcome,
+            exc_info=exc, extra=context,
+        )
+        if not self.bus.wants(sig.WORKER_ERROR):
+            return
+        try:
+            self.bus.emit(sig.WORKER_ERROR, **context, stage=stage, error=_error_info(exc))
+        except BaseException:
+            log.exception("could not emit worker.error for job %s", d.id, extra=context)
+
     async def _bury(self, d: Delivery, job: Job | None, reason: str, info: ErrorInfo) -> None:
+        job_type = job.type if job else d.type
         try:
             await self.broker.dead(d, reason, _failure(info))
-        except Exception:
-            log.exception("could not dead-letter job %s; its lease will expire", d.id)
+        except BaseException as err:
+            if cancelled_by_worker(err):
+                raise
+            self.report(d, job_type, "dead", err, f"could not dead-letter it ({reason}); its lease will expire")
             return
         self.counters.dead += 1
-        log.warning("job %s (%s) dead-lettered: %s: %s", d.id, d.type, reason, info.message)
+        log.warning("job %s (%s) dead-lettered: %s: %s", d.id, job_type, reason, info.message)
         if self.bus.wants(sig.JOB_DEAD):
-            self._emit(sig.JOB_DEAD, d, job.type if job else d.type, reason=reason, error=info)
+            self._emit(sig.JOB_DEAD, d, job_type, reason=reason, error=info)

@@ -18,7 +18,7 @@ from ..brokers import WORKER_SHUTDOWN, Broker, Delivery
 from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
-from .executor import Counters, Executor
+from .executor import Counters, Executor, cancelled_by_worker
 from .threads import ThreadRunner
 
 if TYPE_CHECKING:
@@ -156,23 +156,29 @@ class Worker:
         log.info("worker %s consuming %s with concurrency %d", self.id, ",".join(self.queues), c.concurrency)
 
         async def consume() -> None:
+            # Survives anything a job (or conveyor around it) raises; ends on None or the
+            # worker's own cancellation of this task.
             while True:
                 d = await buffer.get()
                 if d is None:
                     return
                 self._buffered.pop(d.id, None)
                 if not self._running:
-                    emit(sig.WORKER_BUSY, worker_id=self.id, in_flight=1)
+                    executor.emit_worker(d, sig.WORKER_BUSY, in_flight=1)
                 self._running[d.id] = d
                 self._started_at[d.id] = time.time()
                 try:
                     await executor.execute(d)
+                except BaseException as exc:
+                    if cancelled_by_worker(exc):
+                        raise
+                    executor.report(d, d.type, "execute", exc, "its lease will expire and it will run again")
                 finally:
                     self._running.pop(d.id, None)
                     self._started_at.pop(d.id, None)
                     slot_freed.set()
                     if not self._running and not self._buffered:
-                        emit(sig.WORKER_IDLE, worker_id=self.id)
+                        executor.emit_worker(d, sig.WORKER_IDLE)
 
         background = [
             asyncio.create_task(acker.run(), name="conveyor-acker"),

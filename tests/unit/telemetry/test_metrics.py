@@ -68,11 +68,28 @@ def test_standard_set_has_every_documented_name_and_never_a_job_id_label() -> No
         "conveyor_jobs_failed_total", "conveyor_jobs_retried_total", "conveyor_jobs_dead_total",
         "conveyor_job_duration_seconds", "conveyor_queue_depth",
         "conveyor_queue_latency_seconds", "conveyor_jobs_in_progress", "conveyor_workers",
+        "conveyor_worker_errors_total",
     }
     _, reg = standard_app()
     text = generate_latest(reg).decode()
     assert "job_id" not in text
     assert "worker_id" not in text
+
+
+def test_worker_errors_are_counted_by_queue_job_type_and_stage() -> None:
+    telemetry = Telemetry(tracing=False, logs=None)
+    app = App("memory://", telemetry=telemetry)
+
+    @app.job(name="work", max_attempts=2, backoff=lambda n: -1.0)  # not a delay: the default is used
+    def work() -> None:
+        if current_job().attempt == 1:  # type: ignore[union-attr]
+            raise ValueError("flaky once")
+
+    work.send()
+    result = run_until_idle(app)
+    assert result.counters.completed == 1
+    value = registry_of(telemetry).get_sample_value
+    assert value("conveyor_worker_errors_total", {**JOB, "stage": "backoff"}) == 1
 
 
 def test_in_progress_and_workers_gauges_go_up_and_down() -> None:
