@@ -151,8 +151,8 @@ class Executor:
             self._emit(sig.JOB_RETRYING, d, job.type, delay=decision.delay, error=info)
 
     def _emit(self, signal: sig.Signal, d: Delivery, job_type: str, **attrs: Any) -> None:
-        """Emit a job signal with the attributes every job signal carries."""
-        self.bus.emit(
+        """Emit a job signal with the attributes every job signal carries (never raises)."""
+        self.bus.emit_or_log(
             signal,
             job_id=d.id,
             job_type=job_type,
