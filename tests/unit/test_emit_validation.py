@@ -62,7 +62,7 @@ def _run_emitting_job(app: App, attrs: dict[str, object]) -> tuple[tuple[int, in
 
 
 def _with_telemetry() -> App:
-    return App("memory://", telemetry=Telemetry(tracing=False))
+    return App("memory://", telemetry=Telemetry())  # the defaults: metrics, signal logs, tracing
 
 
 def _with_a_sink_on_every_signal() -> App:
