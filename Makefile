@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DURATION ?= 60
+PORT ?= 8000
 PYTEST_ARGS ?=
 
 .PHONY: demo test services browser lint typecheck unit bench clean
@@ -20,7 +21,7 @@ $(VENV)/.dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core
-	$(BIN)/conveyor demo --duration $(DURATION)
+	$(BIN)/conveyor demo --duration $(DURATION) --dashboard-port $(PORT)
 
 services:
 	bash .ci/services.sh

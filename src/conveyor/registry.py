@@ -108,7 +108,12 @@ class Bound(Generic[P, R]):
 
 
 class JobFunction(Generic[P, R]):
-    """What ``@app.job`` returns: call it to run inline, ``.send()`` to enqueue."""
+    """What ``@app.job`` returns: call it to run inline, ``.send()`` to enqueue.
+
+    Calling it calls the undecorated function: a sync job runs and returns its
+    result; an ``async def`` job returns a coroutine that runs when awaited.
+    Nothing is enqueued and no signal is emitted.
+    """
 
     def __init__(self, app: App, definition: JobDef) -> None:
         self.app = app
@@ -122,6 +127,7 @@ class JobFunction(Generic[P, R]):
         return self.definition.name
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function inline (an async job returns a coroutine to await)."""
         result: R = self.definition.fn(*args, **kwargs)
         return result
 

@@ -139,7 +139,7 @@ class ErrorKey(Key[ErrorInfo]):
 class Signal:
     """A named, documented kind of event with typed keys."""
 
-    __slots__ = ("description", "keys", "name")
+    __slots__ = ("_exact", "description", "keys", "name")
 
     def __init__(self, name: str, description: str, keys: Iterable[Key[Any]] = ()) -> None:
         if not name:
@@ -147,15 +147,22 @@ class Signal:
         self.name = name
         self.description = description
         self.keys: Mapping[str, Key[Any]] = {k.name: k for k in keys}
+        self._exact: dict[str, type | None] = {k.name: k.exact for k in self.keys.values()}
+
+    def _coerce(self, name: str, value: Any) -> Any:
+        """``value`` as key ``name``'s type; ``TypeError`` for an unknown key or a bad value."""
+        key = self.keys.get(name)
+        if key is None:
+            raise TypeError(f"signal {self.name!r} has no key {name!r}")
+        return key.coerce(value)
 
     def event(self, attrs: Mapping[str, Any]) -> Event:
         """Build an event, checking every attribute against the declared keys."""
-        values: dict[str, Any] = {}
-        for name, value in attrs.items():
-            key = self.keys.get(name)
-            if key is None:
-                raise TypeError(f"signal {self.name!r} has no key {name!r}")
-            values[name] = value if type(value) is key.exact else key.coerce(value)
+        exact = self._exact
+        values = {
+            name: value if exact.get(name) is type(value) else self._coerce(name, value)
+            for name, value in attrs.items()
+        }
         return Event(self, values, time.time())
 
     def __repr__(self) -> str:
@@ -235,9 +242,14 @@ class Bus:
         return bool(self._all) or signal.name in self._routes
 
     def emit(self, signal: Signal, /, **attrs: Any) -> None:
-        """Emit ``signal``. Bad attributes raise; a failing sink never does."""
+        """Emit ``signal``. Bad attributes raise ``TypeError``, whether or not anything
+        subscribes; a failing sink never raises."""
         sinks = self._routes.get(signal.name, ()) + self._all
-        if not sinks:
+        if not sinks:  # validate anyway, inline (the hot case): one dict lookup per attribute
+            exact = signal._exact
+            for name, value in attrs.items():
+                if exact.get(name) is not type(value):
+                    signal._coerce(name, value)
             return
         event = signal.event(attrs)
         for sink in sinks:

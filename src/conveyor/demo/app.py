@@ -2,10 +2,12 @@
 
 conveyor stats conveyor.demo.app:app
 conveyor dlq list conveyor.demo.app:app
+
+``$CONVEYOR_DEMO_URL`` points it at a demo run with another ``--db``.
 """
 
 import os
 
-from .jobs import make_app
+from .jobs import DEFAULT_URL, URL_ENV, make_app
 
-app = make_app(os.environ.get("CONVEYOR_DEMO_URL", "sqlite:///conveyor-demo.db"))
+app = make_app(os.environ.get(URL_ENV, DEFAULT_URL))

@@ -15,6 +15,10 @@ from ..retry import Backoff
 
 log = logging.getLogger("conveyor.demo")
 
+URL_ENV = "CONVEYOR_DEMO_URL"
+"""Where ``conveyor.demo.app:app`` finds the demo's database (default: :data:`DEFAULT_URL`)."""
+DEFAULT_URL = "sqlite:///conveyor-demo.db"
+
 
 def make_app(url: str) -> App:
     """Build the demo app with its three job types."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from ..app import App
 from ..brokers import QueueStats
 from ..signals import Event
 from ..worker import Worker, WorkerConfig
-from .jobs import make_app
+from .jobs import DEFAULT_URL, URL_ENV, make_app
 
 
 class Tally:
@@ -116,6 +117,26 @@ def summary(stats: dict[str, QueueStats], tally: Tally, elapsed: float) -> Group
     return Group(table)
 
 
+def inspect_hint(url: str) -> str:
+    """The closing lines: how to look at the demo's database (``url``) afterwards."""
+    env = "" if url == DEFAULT_URL else f"{URL_ENV}={shlex.quote(url)} "
+    return (
+        "The database is kept until the next run. Inspect it with\n"
+        f"  {env}conveyor stats conveyor.demo.app:app\n"
+        f"  {env}conveyor dlq list conveyor.demo.app:app"
+    )
+
+
+def port_hint(port: int, error: OSError) -> str:
+    """What the demo says when it cannot serve the dashboard on ``port``."""
+    other = 8001 if port == 8000 else 8000
+    return (
+        f"dashboard: cannot listen on port {port}: {error.strerror or error}. The demo runs without it;"
+        f" choose another port with `conveyor demo --dashboard-port {other}` (`make demo PORT={other}`),"
+        " or 0 for any free port."
+    )
+
+
 def run_demo(db: str, duration: float | None, concurrency: int, dashboard_port: int | None = 8000) -> None:
     """Run the demo for ``duration`` seconds (None: until Ctrl-C), serving the dashboard
     on ``dashboard_port`` (None: no dashboard)."""
@@ -130,6 +151,7 @@ def run_demo(db: str, duration: float | None, concurrency: int, dashboard_port: 
     console = Console()
     console.print(f"[bold]conveyor demo[/]: broker {url}, concurrency {concurrency}. Ctrl-C stops it gracefully.")
     asyncio.run(_main(app, tally, console, duration, concurrency, dashboard_port))
+    console.print(inspect_hint(url), markup=False, highlight=False, soft_wrap=True)
 
 
 async def _start_dashboard(app: App, console: Console, port: int) -> Any:
@@ -142,7 +164,7 @@ async def _start_dashboard(app: App, console: Console, port: int) -> Any:
     try:
         url = await server.start()
     except OSError as exc:
-        console.print(f"dashboard: cannot listen on port {port}: {exc.strerror or exc}")
+        console.print(port_hint(port, exc), markup=False, highlight=False, soft_wrap=True)
         return None
     console.print(f"[bold]dashboard[/]: {url}")
     return server
@@ -193,8 +215,3 @@ async def _main(
     stats = await (await app.broker()).stats(worker.queues)
     console.print()
     console.print(summary(stats, tally, time.time() - started))
-    console.print(
-        "The database is kept until the next run. Inspect it with\n"
-        "  conveyor stats conveyor.demo.app:app\n"
-        "  conveyor dlq list conveyor.demo.app:app"
-    )

@@ -8,6 +8,55 @@
     rss_mb: "#1565c0", cpu_percent: "#ef6c00"
   };
 
+  // Chart x values are Unix seconds (uPlot's default, ms: 1e-3); times show in the browser's zone.
+  var MINUTE = 60, HOUR = 3600, DAY = 86400;
+  var TIME_INCRS = [1, 2, 5, 10, 15, 30, MINUTE, 2 * MINUTE, 5 * MINUTE, 10 * MINUTE, 15 * MINUTE,
+    30 * MINUTE, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY, 30 * DAY];
+  var SINGLE_SAMPLE_SPAN = 60;  // seconds shown either side of a lone sample
+  var clockHM = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+  var clockHMS = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit", second: "2-digit" });
+  var dayFmt = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+  var stampFmt = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "numeric", minute: "2-digit", second: "2-digit"
+  });
+  var numberFmt = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+
+  function timeTicks(u, splits, axisIdx, space, incr) {
+    var fmt = incr >= DAY ? dayFmt : incr >= MINUTE ? clockHM : clockHMS;
+    return splits.map(function (t) { return fmt.format(new Date(t * 1000)); });
+  }
+
+  // uPlot stretches the x scale of a single sample to 1000 days (it assumes milliseconds there).
+  function timeRange(u, min, max) {
+    var xs = u.data[0];
+    if (xs.length === 1 || min === max) { return [xs[0] - SINGLE_SAMPLE_SPAN, xs[0] + SINGLE_SAMPLE_SPAN]; }
+    return [min, max];
+  }
+
+  function stamp(u, t) { return t == null ? "--" : stampFmt.format(new Date(t * 1000)); }
+  function amount(u, v) { return v == null ? "--" : numberFmt.format(v); }
+
+  // With the cursor off the chart, the legend shows the latest sample instead of "--".
+  function showLatest(u) {
+    if (u.cursor.idx == null && u.data[0].length > 0) { u.setLegend({ idx: u.data[0].length - 1 }); }
+  }
+
+  function chartOptions(data, width) {
+    var series = [{ label: "Time", value: stamp }].concat(data.series.map(function (s) {
+      return { label: s.label, stroke: colours[s.label] || "#455a64", width: 2, spanGaps: true, value: amount };
+    }));
+    return {
+      width: width, height: 180, ms: 1e-3, series: series,
+      scales: { x: { time: true, range: timeRange } },
+      axes: [
+        { incrs: TIME_INCRS, values: timeTicks, space: 100 },
+        { size: 56, values: function (u, splits) { return splits.map(function (v) { return numberFmt.format(v); }); } }
+      ],
+      cursor: { drag: { x: false, y: false } },
+      hooks: { ready: [showLatest], setCursor: [showLatest] }
+    };
+  }
+
   function renderCharts(root) {
     root.querySelectorAll("[data-series]").forEach(function (el) {
       var data;
@@ -21,18 +70,12 @@
         return;
       }
       el.classList.remove("empty");
-      var series = [{}].concat(data.series.map(function (s) {
-        return { label: s.label, stroke: colours[s.label] || "#455a64", width: 2, spanGaps: true };
-      }));
-      var opts = {
-        width: Math.max(el.clientWidth, 280), height: 180, series: series,
-        scales: { x: { time: true } }, axes: [{}, { size: 56 }], cursor: { drag: { x: false, y: false } }
-      };
       var columns = [data.x].concat(data.series.map(function (s) { return s.values; }));
-      plots.set(el.id, new uPlot(opts, columns, el));
+      plots.set(el.id, new uPlot(chartOptions(data, Math.max(el.clientWidth, 280)), columns, el));
     });
   }
 
+  window.conveyorCharts = plots;  // the uPlot instance of each chart, by element id (for tests and the console)
   document.addEventListener("DOMContentLoaded", function () { renderCharts(document); });
   document.addEventListener("htmx:afterSettle", function (e) { renderCharts(e.target); });
 
