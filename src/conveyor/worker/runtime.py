@@ -274,7 +274,8 @@ class Worker:
         if stragglers:
             self._reason = "forced" if self._forced.is_set() else "shutdown_timeout"
             log.warning("requeueing %d running jobs (%s)", len(stragglers), self._reason)
-            await _quietly(broker.release(stragglers, WORKER_SHUTDOWN), "requeue running jobs")
+            # They had started: past MAX_REFUNDED_INTERRUPTIONS the interrupted attempt counts.
+            await _quietly(broker.release(stragglers, WORKER_SHUTDOWN, interrupted=True), "requeue running jobs")
             self._running.clear()
         await acker.flush()
         return len(stragglers)
