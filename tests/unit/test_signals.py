@@ -136,5 +136,8 @@ def test_builtin_signals_are_documented() -> None:
         "worker.stopped",
         "worker.idle",
         "worker.busy",
+        "worker.thread_stuck",
+        "worker.thread_returned",
+        "worker.capacity_reduced",
     }
     assert all(s.description for s in sig.BUILTIN)

@@ -48,5 +48,8 @@ STANDARD_METRICS: tuple[Metric, ...] = (
            description="Attempts running now in this process."),
     Metric(sig.WORKER_STARTED, "conveyor_workers", kind="gauge",
            decrement=sig.WORKER_STOPPED, description="Workers running in this process."),
+    Metric(sig.WORKER_THREAD_STUCK, "conveyor_worker_threads_stuck", kind="gauge",
+           decrement=sig.WORKER_THREAD_RETURNED, labels=_JOB,
+           description="Worker threads still running a sync handler past its timeout."),
 )
 """``conveyor_*`` metrics labelled by queue and job type (never by job id)."""
