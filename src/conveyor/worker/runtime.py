@@ -294,10 +294,10 @@ class Worker:
             for task in consumers:
                 task.cancel()
             await asyncio.gather(*consumers, return_exceptions=True)
-            unstarted = [d for d in stragglers if d.id in waiting]
+            never_began = [d for d in stragglers if d.id in waiting]
             started = [d for d in stragglers if d.id not in waiting]
-            if unstarted:
-                await _quietly(broker.release(unstarted, WORKER_SHUTDOWN), "release unstarted jobs")
+            if never_began:
+                await _quietly(broker.release(never_began, WORKER_SHUTDOWN), "release unstarted jobs")
             # Past MAX_REFUNDED_INTERRUPTIONS, the interrupted attempt of a started job counts.
             if started:
                 await _quietly(broker.release(started, WORKER_SHUTDOWN, interrupted=True), "requeue running jobs")
