@@ -376,6 +376,32 @@ WORKER_ERROR = Signal(
     (*_RUN, STAGE, ERROR),
 )
 
+
+# -- stuck worker threads (a sync handler still running after its timeout) ---------
+THREAD = StringKey("thread", "the worker thread's name")
+STUCK = IntKey("stuck", "worker threads stuck now")
+WORKER_THREAD_STUCK = Signal(
+    "worker.thread_stuck",
+    "A sync handler ran past its timeout and its thread is still running it; the job was settled.",
+    (
+        *_RUN,
+        THREAD,
+        DurationKey("running", "how long the call has been running"),
+        STUCK,
+        BoolKey("replaced", "a new thread took its place"),
+    ),
+)
+WORKER_THREAD_RETURNED = Signal(
+    "worker.thread_returned",
+    "A stuck thread's call finally returned; its result was discarded.",
+    (*_RUN, THREAD, DurationKey("running", "how long the call ran in all"), STUCK),
+)
+WORKER_CAPACITY_REDUCED = Signal(
+    "worker.capacity_reduced",
+    "A stuck thread was not replaced (the cap of replacement threads is reached): fewer jobs run at once.",
+    (WORKER_ID, IntKey("concurrency"), IntKey("threads", "threads serving jobs now"), STUCK),
+)
+
 BUILTIN: tuple[Signal, ...] = (
     JOB_ENQUEUED,
     JOB_STARTED,
@@ -389,4 +415,7 @@ BUILTIN: tuple[Signal, ...] = (
     WORKER_IDLE,
     WORKER_BUSY,
     WORKER_ERROR,
+    WORKER_THREAD_STUCK,
+    WORKER_THREAD_RETURNED,
+    WORKER_CAPACITY_REDUCED,
 )

@@ -10,8 +10,10 @@ from types import ModuleType
 from conveyor.brokers import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
+    MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
+    Delivery,
     Failure,
     Message,
     Selector,
@@ -289,3 +291,68 @@ async def test_rescue_forgets_expired_locks(broker: Broker) -> None:
     await asyncio.sleep(0.4)
     await broker.rescue()
     assert await broker.acquire_lock("gone", "b", 30)  # free, whether pruned or merely expired
+
+
+# -- releasing interrupted jobs at shutdown ----------------------------------------------
+
+
+async def _lease_one(broker: Broker) -> Delivery:
+    [d] = await broker.lease([Q], 1, VT)
+    return d
+
+
+async def test_releasing_unstarted_jobs_always_refunds_the_attempt(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    for _ in range(MAX_REFUNDED_INTERRUPTIONS + 3):
+        d = await _lease_one(broker)
+        assert d.attempts == 1
+        await broker.release([d], WORKER_SHUTDOWN, interrupted=False)
+    again = await _lease_one(broker)
+    assert again.attempts == 1 and again.redelivery == WORKER_SHUTDOWN
+
+
+async def test_interrupted_releases_refund_the_attempt_only_up_to_the_limit(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    seen = []
+    for _ in range(MAX_REFUNDED_INTERRUPTIONS + 3):
+        d = await _lease_one(broker)
+        seen.append(d.attempts)
+        await broker.release([d], WORKER_SHUTDOWN, interrupted=True)
+    seen.append((await _lease_one(broker)).attempts)
+    # The first MAX_REFUNDED_INTERRUPTIONS interruptions are free, every later one counts.
+    assert seen == [1] * (MAX_REFUNDED_INTERRUPTIONS + 1) + [2, 3, 4]
+
+
+async def test_unstarted_release_after_the_limit_still_refunds(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    for _ in range(MAX_REFUNDED_INTERRUPTIONS + 1):
+        await broker.release([await _lease_one(broker)], WORKER_SHUTDOWN, interrupted=True)
+    d = await _lease_one(broker)
+    assert d.attempts == 2
+    await broker.release([d], WORKER_SHUTDOWN)
+    assert (await _lease_one(broker)).attempts == 2
+
+
+async def test_dlq_retry_forgets_past_interruptions(broker: Broker) -> None:
+    m = msg()
+    await broker.enqueue([m])
+    for _ in range(MAX_REFUNDED_INTERRUPTIONS):
+        await broker.release([await _lease_one(broker)], WORKER_SHUTDOWN, interrupted=True)
+    await broker.dead(await _lease_one(broker), "max_attempts_exceeded")
+    assert await broker.dlq_retry(Selector(ids=[m.id])) == 1
+    for _ in range(MAX_REFUNDED_INTERRUPTIONS):
+        d = await _lease_one(broker)
+        assert d.attempts == 1
+        await broker.release([d], WORKER_SHUTDOWN, interrupted=True)
+    assert (await _lease_one(broker)).attempts == 1
+
+
+async def test_interrupted_release_with_a_lost_lease_changes_nothing(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    d = await _lease_one(broker)
+    await broker.release([d], WORKER_SHUTDOWN)
+    fresh = await _lease_one(broker)
+    for _ in range(MAX_REFUNDED_INTERRUPTIONS + 2):
+        await broker.release([d], WORKER_SHUTDOWN, interrupted=True)  # stale token: ignored
+    await broker.release([fresh], WORKER_SHUTDOWN, interrupted=True)
+    assert (await _lease_one(broker)).attempts == 1

@@ -137,5 +137,8 @@ def test_builtin_signals_are_documented() -> None:
         "worker.idle",
         "worker.busy",
         "worker.error",
+        "worker.thread_stuck",
+        "worker.thread_returned",
+        "worker.capacity_reduced",
     }
     assert all(s.description for s in sig.BUILTIN)

@@ -3,6 +3,7 @@
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
+    MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
     DeadLetter,
@@ -17,6 +18,7 @@ from .factory import open_broker
 __all__ = [
     "LEASE_EXPIRED",
     "MANUAL_RETRY",
+    "MAX_REFUNDED_INTERRUPTIONS",
     "WORKER_SHUTDOWN",
     "Broker",
     "DeadLetter",

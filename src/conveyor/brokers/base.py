@@ -19,6 +19,13 @@ LEASE_EXPIRED = "lease_expired"
 WORKER_SHUTDOWN = "worker_shutdown"
 MANUAL_RETRY = "manual_retry"
 
+#: How many times a job that had started running may be interrupted by a worker
+#: shutdown (outliving ``--shutdown-timeout``, or a forced stop) and requeued with
+#: its attempt given back. Each later interruption spends the attempt, so a job
+#: that always outlives the shutdown timeout reaches ``max_attempts`` and is
+#: dead-lettered instead of being requeued forever.
+MAX_REFUNDED_INTERRUPTIONS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -145,8 +152,17 @@ class Broker(ABC):
         """Return a message to its queue, due at ``retry_at``; attempts are kept."""
 
     @abstractmethod
-    async def release(self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN) -> None:
-        """Give back messages that were leased but not started; the attempt does not count."""
+    async def release(
+        self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
+    ) -> None:
+        """Give back leased messages, due now, with ``reason`` as their next redelivery.
+
+        ``interrupted=False`` (never started): the attempt does not count.
+        ``interrupted=True`` (started, then stopped by a shutdown): the broker counts
+        the interruption on the message and gives the attempt back only for the
+        first :data:`MAX_REFUNDED_INTERRUPTIONS` of them; later ones count. A manual
+        DLQ retry forgets the count. A delivery whose lease was lost is ignored.
+        """
 
     @abstractmethod
     async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:

@@ -15,6 +15,8 @@ import uuid_utils
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
+    MAX_REFUNDED_INTERRUPTIONS,
+    WORKER_SHUTDOWN,
     Broker,
     DeadLetter,
     Delivery,
@@ -35,6 +37,7 @@ class _Record:
     lease_until: float = 0.0
     token: str = ""
     redelivery: str = ""
+    interruptions: int = 0
     failure: Failure | None = None
     reason: str = ""
     dead_at: float = 0.0
@@ -162,13 +165,18 @@ class MemoryBroker(Broker):
             self._place(rec, time.time())
         self._wake()
 
-    async def release(self, deliveries: Sequence[Delivery], reason: str = "worker_shutdown") -> None:
+    async def release(
+        self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
+    ) -> None:
         now = time.time()
         with self._lock:
             for d in deliveries:
                 rec = self._owned(d)
                 if rec is not None:
-                    rec.attempts -= 1
+                    if interrupted:
+                        rec.interruptions += 1
+                    if rec.interruptions <= MAX_REFUNDED_INTERRUPTIONS or not interrupted:
+                        rec.attempts -= 1
                     rec.redelivery = reason
                     self._place(rec, now)
         self._wake()
@@ -250,6 +258,7 @@ class MemoryBroker(Broker):
             recs = self._dead(selector)
             for rec in recs:
                 rec.attempts, rec.eta, rec.reason, rec.failure = 0, now, "", None
+                rec.interruptions = 0
                 rec.redelivery = MANUAL_RETRY
                 self._place(rec, now)
         self._wake()

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
+    MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
     DeadLetter,
@@ -238,11 +239,14 @@ class PostgresBroker(Broker):
             "tb": f.traceback, "id": delivery.id, "token": delivery.lease_token,
         })
 
-    async def release(self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN) -> None:
+    async def release(
+        self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
+    ) -> None:
         if deliveries:
-            await self._notifying(
-                self.sql.release, {"now": time.time(), "reason": reason, **self._pairs(deliveries)}
-            )
+            await self._notifying(self.sql.release, {
+                "now": time.time(), "reason": reason, "interrupted": interrupted,
+                "refunded": MAX_REFUNDED_INTERRUPTIONS, **self._pairs(deliveries),
+            })
 
     async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
         f = failure or Failure()

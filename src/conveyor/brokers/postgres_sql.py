@@ -172,6 +172,11 @@ def migrations(schema: str) -> list[tuple[int, str]]:
             );
             """,
         ),
+        (
+            3,
+            # Interruptions by a worker shutdown; see base.MAX_REFUNDED_INTERRUPTIONS.
+            f"ALTER TABLE {s}.jobs ADD COLUMN interruptions integer NOT NULL DEFAULT 0",
+        ),
     ]
 
 
@@ -238,10 +243,12 @@ class Queries:
             " error_message = %(emsg)s, traceback = %(tb)s"
             f" WHERE id = %(id)s AND lease_token = %(token)s AND state = {LEASED}"
         )
+        # SET expressions see the row as it was: the refund depends on the old count.
         self.release = _notifying(
             f"UPDATE {s}.jobs j SET state = {READY}, eta = LEAST(j.eta, %(now)s),"
-            " attempts = j.attempts - 1, lease_until = NULL, lease_token = NULL,"
-            " redelivery = %(reason)s"
+            " attempts = j.attempts - CASE WHEN %(interrupted)s AND j.interruptions >= %(refunded)s"
+            " THEN 0 ELSE 1 END, interruptions = j.interruptions + %(interrupted)s::int,"
+            " lease_until = NULL, lease_token = NULL, redelivery = %(reason)s"
             " FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS d(did, dtoken)"
             f" WHERE j.id = d.did AND j.lease_token = d.dtoken AND j.state = {LEASED}"
         )
@@ -346,7 +353,7 @@ class Queries:
 
     def dlq_retry(self, where: str) -> str:
         return _notifying(
-            f"UPDATE {self.schema}.jobs SET state = {READY}, attempts = 0, eta = %(now)s,"
+            f"UPDATE {self.schema}.jobs SET state = {READY}, attempts = 0, interruptions = 0, eta = %(now)s,"
             " redelivery = %(reason)s, reason = NULL, error_type = NULL,"
             f" error_message = NULL, traceback = NULL, dead_at = NULL WHERE {where}"
         )

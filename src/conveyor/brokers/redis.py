@@ -26,7 +26,17 @@ from redis.commands.core import AsyncScript
 
 from ..errors import ConfigError
 from . import redis_scripts as lua
-from .base import WORKER_SHUTDOWN, Broker, DeadLetter, Delivery, Failure, Message, QueueStats, Selector
+from .base import (
+    MAX_REFUNDED_INTERRUPTIONS,
+    WORKER_SHUTDOWN,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Failure,
+    Message,
+    QueueStats,
+    Selector,
+)
 
 log = logging.getLogger("conveyor.brokers.redis")
 
@@ -167,9 +177,12 @@ class RedisBroker(Broker):
         await self._run("NACK", repr(time.time()), delivery.id, delivery.lease_token,
                         repr(float(retry_at)), f.type, f.message, f.traceback)
 
-    async def release(self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN) -> None:
+    async def release(
+        self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
+    ) -> None:
         if deliveries:
-            await self._run("RELEASE", repr(time.time()), reason, *_pairs(deliveries))
+            await self._run("RELEASE", repr(time.time()), reason, "1" if interrupted else "0",
+                            MAX_REFUNDED_INTERRUPTIONS, *_pairs(deliveries))
 
     async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
         f = failure or Failure()

@@ -188,17 +188,22 @@ publish(wake)
 return 1
 """
 
-# ARGV: prefix, now, reason, then (id, token) pairs. The attempt is given back.
+# ARGV: prefix, now, reason, interrupted ('1' or '0'), refunded interruptions, then
+# (id, token) pairs. The attempt is given back, except for an interrupted job past
+# its refunded interruptions (hash field 'interruptions' counts them).
 RELEASE = _PRELUDE + """
 local now = tonumber(ARGV[2])
+local interrupted, refunded = ARGV[4] == '1', tonumber(ARGV[5])
 local wake = {}
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id = ARGV[i]
   local q = owned(id, ARGV[i + 1])
   if q then
     local jk = jkey(id)
     unlease(id, q)
-    redis.call('HINCRBY', jk, 'attempts', -1)
+    local count = 0
+    if interrupted then count = redis.call('HINCRBY', jk, 'interruptions', 1) end
+    if count <= refunded then redis.call('HINCRBY', jk, 'attempts', -1) end
     redis.call('HSET', jk, 'redelivery', ARGV[3])
     local eta = redis.call('HGET', jk, 'eta')
     if tonumber(eta) > now then eta = ARGV[2] end
@@ -265,7 +270,7 @@ for _, id in ipairs(ids) do
   if q then
     local jk = jkey(id)
     undead(id, q)
-    redis.call('HSET', jk, 'attempts', 0, 'redelivery', '@MANUAL_RETRY@', 'reason', '',
+    redis.call('HSET', jk, 'attempts', 0, 'interruptions', 0, 'redelivery', '@MANUAL_RETRY@', 'reason', '',
       'error_type', '', 'error_message', '', 'traceback', '', 'dead_at', '')
     make_ready(id, jk, q, ARGV[2])
     note(wake, q, ARGV[2])

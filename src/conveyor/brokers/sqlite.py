@@ -23,6 +23,8 @@ from ..errors import ConfigError
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
+    MAX_REFUNDED_INTERRUPTIONS,
+    WORKER_SHUTDOWN,
     Broker,
     DeadLetter,
     Delivery,
@@ -48,6 +50,7 @@ CREATE TABLE IF NOT EXISTS conveyor_jobs (
     lease_until REAL,
     lease_token TEXT,
     redelivery TEXT NOT NULL DEFAULT '',
+    interruptions INTEGER NOT NULL DEFAULT 0,
     body BLOB NOT NULL,
     created_at REAL NOT NULL,
     reason TEXT,
@@ -69,6 +72,10 @@ CREATE TABLE IF NOT EXISTS conveyor_locks (
 );
 """
 
+#: Columns added after the first release, with their definitions: a database made by an
+#: older conveyor gets them on open (see :func:`_upgrade`).
+_ADDED_COLUMNS = {"interruptions": "INTEGER NOT NULL DEFAULT 0"}
+
 _DELIVERY_COLS = "id, queue, type, body, attempts, lease_token, priority, eta, created_at, redelivery"
 
 
@@ -81,6 +88,26 @@ def path_from_url(url: str) -> str:
     if not path or path == ":memory:":
         raise ConfigError(f"bad SQLite URL {url!r}: name a database file")
     return path
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Add the columns a database created by an older conveyor lacks (under the write lock,
+    so processes opening the same file at once do not both add them)."""
+
+    def missing() -> list[str]:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(conveyor_jobs)")}
+        return [name for name in _ADDED_COLUMNS if name not in have]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name in missing():
+            conn.execute(f"ALTER TABLE conveyor_jobs ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class SQLiteBroker(Broker):
@@ -107,6 +134,7 @@ class SQLiteBroker(Broker):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
+            _upgrade(conn)
             self._conn = conn
         return self._conn
 
@@ -202,14 +230,18 @@ class SQLiteBroker(Broker):
 
         await self._tx(back)
 
-    async def release(self, deliveries: Sequence[Delivery], reason: str = "worker_shutdown") -> None:
-        now = time.time()
-        rows = [(now, reason, d.id, d.lease_token) for d in deliveries]
+    async def release(
+        self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
+    ) -> None:
+        now, inc = time.time(), int(interrupted)
+        rows = [(now, inc, MAX_REFUNDED_INTERRUPTIONS, inc, reason, d.id, d.lease_token) for d in deliveries]
 
         def give_back(conn: sqlite3.Connection) -> None:
+            # SET expressions see the row as it was: the refund depends on the old count.
             conn.executemany(
-                "UPDATE conveyor_jobs SET state = 0, eta = MIN(eta, ?), attempts = attempts - 1,"
-                " lease_until = NULL, lease_token = NULL, redelivery = ?"
+                "UPDATE conveyor_jobs SET state = 0, eta = MIN(eta, ?),"
+                " attempts = attempts - (CASE WHEN ? AND interruptions >= ? THEN 0 ELSE 1 END),"
+                " interruptions = interruptions + ?, lease_until = NULL, lease_token = NULL, redelivery = ?"
                 " WHERE id = ? AND lease_token = ? AND state = 1",
                 rows,
             )
@@ -298,7 +330,7 @@ class SQLiteBroker(Broker):
 
         def revive(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "UPDATE conveyor_jobs SET state = 0, attempts = 0, eta = ?, redelivery = ?,"
+                "UPDATE conveyor_jobs SET state = 0, attempts = 0, interruptions = 0, eta = ?, redelivery = ?,"
                 " reason = NULL, error_type = NULL, error_message = NULL, traceback = NULL,"
                 f" dead_at = NULL WHERE {where}",
                 (time.time(), MANUAL_RETRY, *params),

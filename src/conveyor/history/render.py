@@ -18,6 +18,7 @@ from .store import (
     JobRecord,
     JobTimeline,
     RetryLoops,
+    RunningJobRecord,
     WorkerRecord,
 )
 
@@ -118,8 +119,10 @@ def worker_dict(w: WorkerRecord, now: float | None = None) -> dict[str, Any]:
         "concurrency": w.concurrency, "started_at": iso(w.started_at), "last_heartbeat": iso(w.last_heartbeat),
         "heartbeat_age": round(w.heartbeat_age(now), 3), "stopped_at": iso(w.stopped_at),
         "stop_reason": w.stop_reason, "rss_bytes": w.rss_bytes, "cpu_percent": w.cpu_percent,
-        "jobs": [{"id": j.id, "type": j.type, "queue": j.queue, "attempt": j.attempt, "since": iso(j.since)}
+        "jobs": [{"id": j.id, "type": j.type, "queue": j.queue, "attempt": j.attempt, "since": iso(j.since),
+                  "stuck": j.stuck, "replaced": j.replaced}
                  for j in w.jobs],
+        "stuck_threads": len(w.stuck()), "threads_short": w.threads_short(),
     }  # fmt: skip
 
 
@@ -222,11 +225,22 @@ def workers_table(workers: list[WorkerRecord], console: Console) -> None:
     for w in workers:
         rss = "" if w.rss_bytes is None else f"{w.rss_bytes / 2**20:.0f} MiB"
         cpu = "" if w.cpu_percent is None else f"{w.cpu_percent:.0f}%"
-        running = "\n".join(f"{j.id} {j.type}" for j in w.jobs[:5])
+        running = "\n".join(_running_line(j, now) for j in w.jobs[:5])
         if len(w.jobs) > 5:
             running += f"\n(+{len(w.jobs) - 5} more)"
+        status = w.status(now)
+        if status == "running" and w.threads_short():
+            status += f"\ncapacity reduced: {w.concurrency - w.threads_short()}/{w.concurrency} threads"
         table.add_row(
-            w.id, w.status(now), ",".join(w.queues), str(w.concurrency), f"{w.heartbeat_age(now):.0f}s ago",
+            w.id, status, ",".join(w.queues), str(w.concurrency), f"{w.heartbeat_age(now):.0f}s ago",
             rss, cpu, running,
         )  # fmt: skip
     console.print(table)
+
+
+def _running_line(j: RunningJobRecord, now: float) -> str:
+    """A job the worker runs; a stuck thread says so, how long it has run and whether it was replaced."""
+    if not j.stuck:
+        return f"{j.id} {j.type}"
+    note = "replaced" if j.replaced else "NOT replaced"
+    return f"{j.id} {j.type} STUCK thread, {now - j.since:.0f}s, {note}"

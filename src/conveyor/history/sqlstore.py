@@ -83,7 +83,13 @@ def _attempt(r: Sequence[Any]) -> AttemptRecord:
 
 
 def _running(items: Any) -> list[RunningJobRecord]:
-    return [RunningJobRecord(j["id"], j["type"], j["queue"], int(j["attempt"]), float(j["since"])) for j in items]
+    return [
+        RunningJobRecord(
+            j["id"], j["type"], j["queue"], int(j["attempt"]), float(j["since"]),
+            bool(j.get("stuck", False)), bool(j.get("replaced", False)),
+        )
+        for j in items
+    ]  # fmt: skip
 
 
 def _worker(r: Sequence[Any]) -> WorkerRecord:
@@ -113,10 +119,13 @@ def _attempt_events(attempts: Sequence[AttemptRecord]) -> list[EventRecord]:
 
 def jobs_json(jobs: Sequence[RunningJobRecord]) -> str:
     """Running jobs as the JSON stored in a worker's row."""
-    return json.dumps(
-        [{"id": j.id, "type": j.type, "queue": j.queue, "attempt": j.attempt, "since": j.since} for j in jobs],
-        separators=(",", ":"),
-    )
+    items: list[dict[str, Any]] = []
+    for j in jobs:
+        item: dict[str, Any] = {"id": j.id, "type": j.type, "queue": j.queue, "attempt": j.attempt, "since": j.since}
+        if j.stuck:
+            item.update(stuck=True, replaced=j.replaced)
+        items.append(item)
+    return json.dumps(items, separators=(",", ":"))
 
 
 class SQLHistoryStore(HistoryStore):

@@ -264,6 +264,10 @@ class RunningJobRecord:
     queue: str
     attempt: int
     since: float
+    stuck: bool = False
+    """A thread still runs this attempt past its timeout; the job was already settled."""
+    replaced: bool = False
+    """For a stuck attempt: a replacement thread serves in its place (else the worker is a thread short)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +287,14 @@ class WorkerRecord:
     rss_bytes: int | None = None
     cpu_percent: float | None = None
     jobs: list[RunningJobRecord] = field(default_factory=list)
+
+    def stuck(self) -> list[RunningJobRecord]:
+        """Attempts still running in threads past their timeout."""
+        return [j for j in self.jobs if j.stuck]
+
+    def threads_short(self) -> int:
+        """Threads missing from ``concurrency``: stuck and not replaced (the capacity is reduced)."""
+        return sum(1 for j in self.jobs if j.stuck and not j.replaced)
 
     def heartbeat_age(self, now: float | None = None) -> float:
         return max(0.0, (time.time() if now is None else now) - self.last_heartbeat)

@@ -39,7 +39,7 @@ class ProcessSampler:
 
 
 class WorkerHeartbeat:
-    """Writes the worker's row (queues, concurrency, running jobs, RSS, CPU%) every
+    """Writes the worker's row (queues, concurrency, running jobs and stuck threads, RSS, CPU%) every
     ``heartbeat_interval`` seconds; the History extension marks it stopped at stop."""
 
     def __init__(self, history: History) -> None:
@@ -51,7 +51,12 @@ class WorkerHeartbeat:
     def record(self, worker: Worker, sampler: ProcessSampler) -> WorkerRecord:
         """A snapshot of ``worker`` now."""
         rss, cpu = sampler.sample()
-        jobs = [RunningJobRecord(j.id, j.type, j.queue, j.attempts, j.started_at) for j in worker.current_jobs()]
+        # Stuck threads first: a job of the same id running again describes its row in worker_jobs().
+        jobs = [
+            RunningJobRecord(t.tag.id, t.tag.type, t.tag.queue, t.tag.attempt, t.started_at, True, t.replaced)
+            for t in worker.stuck_threads()
+        ]
+        jobs += [RunningJobRecord(j.id, j.type, j.queue, j.attempts, j.started_at) for j in worker.current_jobs()]
         return WorkerRecord(
             id=worker.id,
             host=socket.gethostname(),

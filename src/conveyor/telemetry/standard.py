@@ -50,5 +50,8 @@ STANDARD_METRICS: tuple[Metric, ...] = (
            decrement=sig.WORKER_STOPPED, description="Workers running in this process."),
     Metric(sig.WORKER_ERROR, "conveyor_worker_errors_total", labels=(*_JOB, "stage"),
            description="Failures of conveyor's own code around a job, by stage; the worker carried on."),
+    Metric(sig.WORKER_THREAD_STUCK, "conveyor_worker_threads_stuck", kind="gauge",
+           decrement=sig.WORKER_THREAD_RETURNED, labels=_JOB,
+           description="Worker threads still running a sync handler past its timeout."),
 )
 """``conveyor_*`` metrics labelled by queue and job type (never by job id)."""

@@ -29,12 +29,22 @@ from ..registry import JobDef
 from ..retry import Decision
 from ..signals import ErrorInfo
 from .acker import Acker
-from .threads import ThreadRunner
+from .threads import CallTimedOut, ThreadRunner
 
 if TYPE_CHECKING:
     from ..app import App
 
 log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRef:
+    """Which job a worker thread is running (to report a stuck thread)."""
+
+    id: str
+    type: str
+    queue: str
+    attempt: int
 
 
 @dataclass(slots=True)
@@ -99,7 +109,7 @@ class Executor:
         app: App,
         broker: Broker,
         acker: Acker,
-        threads: ThreadRunner,
+        threads: ThreadRunner[JobRef],
         worker_id: str,
         on_retry: Callable[[float], None],
     ) -> None:
@@ -145,7 +155,7 @@ class Executor:
             )
         token = _current.set(ctx)
         try:
-            await self._call(definition, job, ctx)
+            await self._call(d, definition, job, ctx)
         except BaseException as exc:  # a handler's SystemExit must not kill the worker either
             if cancelled_by_worker(exc):
                 raise
@@ -166,22 +176,28 @@ class Executor:
         if bus.wants(sig.JOB_COMPLETED):
             self._emit(sig.JOB_COMPLETED, d, job.type, duration=time.time() - start)
 
-    async def _call(self, definition: JobDef, job: Job, ctx: JobContext) -> Any:
+    async def _call(self, d: Delivery, definition: JobDef, job: Job, ctx: JobContext) -> Any:
+        timeout = definition.timeout
+
         async def handler() -> Any:
             if definition.is_async:
                 return await definition.fn(*job.args, **job.kwargs)
             call = functools.partial(definition.fn, *job.args, **job.kwargs)
-            return await self.threads.run(call)
+            # A sync call's clock starts when a thread begins it, not while it waits for one.
+            try:
+                return await self.threads.call(call, timeout=timeout, tag=JobRef(d.id, d.type, d.queue, d.attempts))
+            except CallTimedOut as exc:
+                raise JobTimeout(f"job exceeded its timeout of {timeout}s") from exc
 
         call_next = chain(self.app.middleware, ctx, handler) if self.app.middleware else handler
-        if definition.timeout is None:
+        if timeout is None or not definition.is_async:
             return await call_next()
         try:
-            async with asyncio.timeout(definition.timeout) as cm:
+            async with asyncio.timeout(timeout) as cm:
                 return await call_next()
         except TimeoutError as exc:
             if cm.expired():
-                raise JobTimeout(f"job exceeded its timeout of {definition.timeout}s") from exc
+                raise JobTimeout(f"job exceeded its timeout of {timeout}s") from exc
             raise
 
     def _decide(self, d: Delivery, job: Job, definition: JobDef, exc: BaseException) -> Decision:

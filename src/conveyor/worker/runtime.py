@@ -18,8 +18,9 @@ from ..brokers import WORKER_SHUTDOWN, Broker, Delivery
 from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
-from .executor import Counters, Executor, cancelled_by_worker
-from .threads import ThreadRunner
+from .executor import Counters, Executor, JobRef, cancelled_by_worker
+from .stuck import StuckReporter
+from .threads import StuckThread, ThreadRunner
 
 if TYPE_CHECKING:
     from ..app import App
@@ -42,10 +43,14 @@ class WorkerConfig:
     poll_interval: float = 1.0
     rescue_interval: float = 5.0
     stats_interval: float = 5.0
+    spare_threads: int | None = None
+    """Most threads started to replace threads stuck past a sync job's timeout (None: ``concurrency``)."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
+        if self.spare_threads is not None and self.spare_threads < 0:
+            raise ConfigError("spare threads must be >= 0")
         if self.prefetch is not None and self.prefetch < 0:
             raise ConfigError("prefetch must be >= 0")
         if self.shutdown_timeout < 0:
@@ -110,6 +115,7 @@ class Worker:
         self._buffered: dict[str, Delivery] = {}
         self._retry_horizon = 0.0
         self._reason = "stopped"
+        self._threads: ThreadRunner[JobRef] | None = None
 
     # -- control --------------------------------------------------------------
     def request_stop(self, reason: str = "signal") -> None:
@@ -130,6 +136,10 @@ class Worker:
             for d in list(self._running.values())
         ]
 
+    def stuck_threads(self) -> list[StuckThread[JobRef]]:
+        """Threads still running a sync job past its timeout (the job was already settled)."""
+        return [] if self._threads is None else self._threads.stuck()
+
     def _note_retry(self, retry_at: float) -> None:
         self._retry_horizon = max(self._retry_horizon, retry_at)
 
@@ -140,7 +150,11 @@ class Worker:
         broker = await self.app.broker()
         self.app.bus.bind_loop(asyncio.get_running_loop())
         acker = Acker(broker)
-        threads = ThreadRunner(asyncio.get_running_loop(), c.concurrency)
+        report = StuckReporter(self.app.bus, self.id, c.concurrency)
+        threads = self._threads = ThreadRunner[JobRef](
+            asyncio.get_running_loop(), c.concurrency, spare=c.spare_threads,
+            on_stuck=report.stuck, on_returned=report.returned, on_short=report.short,
+        )  # fmt: skip
         executor = Executor(self.app, broker, acker, threads, self.id, self._note_retry)
         buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
         slot_freed = asyncio.Event()
@@ -193,7 +207,7 @@ class Worker:
         abandoned = 0
         try:
             await self._fetch(broker, buffer, slot_freed)
-            abandoned = await self._shutdown(broker, buffer, consumers, acker)
+            abandoned = await self._shutdown(broker, buffer, consumers, acker, threads)
         finally:
             for task in consumers + background:
                 task.cancel()
@@ -263,6 +277,7 @@ class Worker:
         buffer: asyncio.Queue[Delivery | None],
         consumers: Sequence[asyncio.Task[None]],
         acker: Acker,
+        threads: ThreadRunner[JobRef],
     ) -> int:
         """Give back unstarted jobs, let running ones finish, then requeue stragglers."""
         unstarted = []
@@ -280,7 +295,18 @@ class Worker:
         if stragglers:
             self._reason = "forced" if self._forced.is_set() else "shutdown_timeout"
             log.warning("requeueing %d running jobs (%s)", len(stragglers), self._reason)
-            await _quietly(broker.release(stragglers, WORKER_SHUTDOWN), "requeue running jobs")
+            # Settle them before they go back: a sync call still waiting for a thread never starts.
+            waiting = {ref.id for ref in threads.give_up_waiting()}
+            for task in consumers:
+                task.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
+            never_began = [d for d in stragglers if d.id in waiting]
+            started = [d for d in stragglers if d.id not in waiting]
+            if never_began:
+                await _quietly(broker.release(never_began, WORKER_SHUTDOWN), "release unstarted jobs")
+            # Past MAX_REFUNDED_INTERRUPTIONS, the interrupted attempt of a started job counts.
+            if started:
+                await _quietly(broker.release(started, WORKER_SHUTDOWN, interrupted=True), "requeue running jobs")
             self._running.clear()
         await acker.flush()
         return len(stragglers)

@@ -69,6 +69,7 @@ def test_standard_set_has_every_documented_name_and_never_a_job_id_label() -> No
         "conveyor_job_duration_seconds", "conveyor_queue_depth",
         "conveyor_queue_latency_seconds", "conveyor_jobs_in_progress", "conveyor_workers",
         "conveyor_worker_errors_total",
+        "conveyor_worker_threads_stuck",
     }
     _, reg = standard_app()
     text = generate_latest(reg).decode()
