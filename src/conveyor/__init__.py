@@ -4,6 +4,7 @@ from .app import App
 from .brokers import Broker, DeadLetter, Delivery, Message, QueueStats, Selector
 from .context import JobContext, current_job
 from .errors import (
+    BrokerUnavailable,
     ConfigError,
     ConveyorError,
     JobTimeout,
@@ -11,6 +12,7 @@ from .errors import (
     NonRetryable,
     PayloadError,
     Retry,
+    ServiceUnavailable,
     UnknownJob,
 )
 from .job import Job
@@ -35,6 +37,7 @@ __all__ = [
     "Backoff",
     "BoolKey",
     "Broker",
+    "BrokerUnavailable",
     "Bus",
     "ConfigError",
     "ConveyorError",
@@ -58,6 +61,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "Selector",
+    "ServiceUnavailable",
     "Signal",
     "StringKey",
     "UnknownJob",

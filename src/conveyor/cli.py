@@ -15,10 +15,20 @@ from typing import Any
 import click
 
 from .app import App
-from .errors import ConveyorError
+from .errors import ConveyorError, ServiceUnavailable
 from .worker import Worker, WorkerConfig, WorkerResult
 
 APP_HELP = "APP is module:attribute, e.g. myproject.tasks:app (importable from the current directory)."
+
+#: Exit codes: 0 done, 1 an error (bad APP, configuration, unknown job; ``health``: unhealthy),
+#: 2 a usage error (click's), 69 a service that cannot be reached (EX_UNAVAILABLE in sysexits.h).
+EXIT_UNAVAILABLE = 69
+
+
+class Unavailable(click.ClickException):
+    """A broker or history database that cannot be reached: one line, exit code 69."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def load_app(path: str) -> App:
@@ -89,6 +99,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ServiceUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
         except (ConveyorError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
 
