@@ -389,7 +389,8 @@ async def test_unreachable_server_raises_broker_unavailable_on_connect() -> None
     from conveyor.errors import BrokerUnavailable
 
     b = RedisBroker.from_url("redis://:hunter2@127.0.0.1:1/0")
-    with pytest.raises(BrokerUnavailable, match=r"Redis broker at redis://:\*\*\*@127\.0\.0\.1:1/0: .*refused") as info:
+    expected = r"Redis broker at redis://:\*\*\*@127\.0\.0\.1:1/0: .*refused"
+    with pytest.raises(BrokerUnavailable, match=expected) as info:
         await b.connect()
     assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
     assert isinstance(info.value.__cause__, RedisConnectionError)
