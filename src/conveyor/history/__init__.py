@@ -4,7 +4,7 @@ Enable it with ``App(url, extensions=[History()])``; read it with
 ``history_of(app).store`` (a :class:`HistoryStore`). See docs/history.md.
 """
 
-from .extension import DEFAULT_URL, History, HistoryNotInstalled, history_of, history_url, open_store
+from .extension import History, HistoryNotInstalled, history_of, history_url, open_store
 from .sqlstore import AmbiguousId, HistoryUnavailable
 from .store import (
     EVENT_KINDS,
@@ -30,7 +30,6 @@ from .store import (
 )
 
 __all__ = [
-    "DEFAULT_URL",
     "EVENT_KINDS",
     "OUTCOMES",
     "STATES",
