@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import json
@@ -274,18 +275,36 @@ def enqueue(
 @click.argument("app_path", metavar="APP")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object keyed by queue.")
 def stats(app_path: str, as_json: bool) -> None:
-    """Show ready, delayed, in-flight and dead counts per queue."""
+    """Show ready, delayed, in-flight and dead counts per queue, and its live consumers.
+
+    Live consumers come from the worker registry of the History extension;
+    without it they are shown as unknown.
+    """
+    from .brokers.display import display_url
+    from .history import HistoryNotInstalled, HistoryUnavailable, history_of, live_consumers
+
     app = load_app(app_path)
+    consumers: dict[str, int] | None = None
+    unknown_because = ""
     try:
         found = app.stats()
+        try:
+            consumers = live_consumers(app, found)
+        except HistoryNotInstalled:
+            unknown_because = "the worker registry needs App(..., extensions=[conveyor.history.History()])"
+        except HistoryUnavailable as exc:
+            unknown_because = str(exc)
     finally:
         app.close()
+        with contextlib.suppress(HistoryNotInstalled):
+            history_of(app).close()
     if as_json:
-        click.echo(json.dumps({q: s.to_dict() for q, s in found.items()}, indent=2))
+        data = {q: {**s.to_dict(), "consumers": None if consumers is None else consumers[q]} for q, s in found.items()}
+        click.echo(json.dumps(data, indent=2))
         return
     from .render import stats_table
 
-    stats_table(found)
+    stats_table(found, consumers=consumers, unknown_because=unknown_because, broker=display_url(app.url))
 
 
 @main.command(epilog=APP_HELP)

@@ -28,6 +28,7 @@ from .store import (
     WorkerRecord,
     epoch,
 )
+from .workers import live_consumers, queue_consumers
 
 __all__ = [
     "EVENT_KINDS",
@@ -56,5 +57,7 @@ __all__ = [
     "epoch",
     "history_of",
     "history_url",
+    "live_consumers",
     "open_store",
+    "queue_consumers",
 ]
