@@ -208,7 +208,11 @@ def _supervise(
     from .supervisor import Supervisor, child_argv, without_option
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    load_app(app_path)  # fail here, once, on a bad APP rather than in every child
+    app = load_app(app_path)  # fail here, once, on a bad APP or an unreachable broker rather than in every child
+    try:
+        app.run(_connected)
+    finally:
+        app.close()
     argv = child_argv(sys.argv[1:])
     env = dict(os.environ)
     if metrics_port is not None:
@@ -218,6 +222,10 @@ def _supervise(
         prepare_multiprocess_metrics(env, metrics_host, metrics_port)
     status = Supervisor(argv, processes, burst=burst, env=env).run()
     raise SystemExit(status)
+
+
+async def _connected(broker: Any) -> None:
+    """Nothing: ``app.run`` has connected to the broker (or raised ``BrokerUnavailable``)."""
 
 
 def run_worker(app: App, config: WorkerConfig) -> WorkerResult:

@@ -60,6 +60,7 @@ COMMANDS: dict[str, list[str]] = {
     "stats-json": ["stats", OP_APP, "--json"],
     "dlq-list": ["dlq", "list", OP_APP],
     "worker": ["worker", OP_APP, "--burst"],
+    "worker-processes": ["worker", OP_APP, "--processes", "2"],
     "enqueue": ["enqueue", OP_APP, "op.record", "--args", '["x"]'],
     "health": ["health", OP_APP],
     "migrate": ["migrate", OP_APP],
