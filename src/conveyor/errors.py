@@ -23,16 +23,16 @@ class BrokerUnavailable(ServiceUnavailable):
     database or role, bad password, unreadable file. The message names the broker (its
     URL without the password) and the driver's reason, on one line."""
 
-    def __init__(self, broker: str, url: str, reason: BaseException | str) -> None:
+    @classmethod
+    def connecting(cls, broker: str, url: str, reason: BaseException | str) -> BrokerUnavailable:
+        """The error for a failed connection to ``broker`` (``"Redis"``...) at ``url``."""
         from .brokers.display import display_url
 
         detail = " ".join(str(reason).split()) or type(reason).__name__
         os_error = _os_error(reason)
         if os_error is not None and os_error.lower() not in detail.lower():
             detail += f" ({os_error})"
-        super().__init__(f"cannot connect to the {broker} broker at {display_url(url)}: {detail}")
-        self.broker = broker
-        self.url = display_url(url)
+        return cls(f"cannot connect to the {broker} broker at {display_url(url)}: {detail}")
 
 
 def _os_error(reason: BaseException | str) -> str | None:

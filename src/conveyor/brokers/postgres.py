@@ -80,7 +80,7 @@ class PostgresBroker(Broker):
         try:
             return await psycopg.AsyncConnection.connect(self.settings.conninfo, autocommit=True)
         except psycopg.OperationalError as exc:
-            raise BrokerUnavailable("PostgreSQL", self.settings.conninfo, exc) from exc
+            raise BrokerUnavailable.connecting("PostgreSQL", self.settings.conninfo, exc) from exc
 
     @property
     def pool(self) -> AsyncConnectionPool[Conn]:

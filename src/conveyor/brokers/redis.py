@@ -113,7 +113,7 @@ class RedisBroker(Broker):
             await client.ping()
         except (RedisError, OSError) as exc:
             await client.aclose()
-            raise BrokerUnavailable("Redis", self.url, exc) from exc
+            raise BrokerUnavailable.connecting("Redis", self.url, exc) from exc
         except BaseException:
             await client.aclose()
             raise

@@ -111,7 +111,7 @@ class SQLiteBroker(Broker):
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(SCHEMA)
             except sqlite3.Error as exc:  # unreadable file, not a database, read-only directory...
-                raise BrokerUnavailable("SQLite", f"sqlite:///{self.path}", exc) from exc
+                raise BrokerUnavailable.connecting("SQLite", f"sqlite:///{self.path}", exc) from exc
             self._conn = conn
         return self._conn
 
