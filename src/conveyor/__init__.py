@@ -4,6 +4,7 @@ from .app import App
 from .brokers import Broker, DeadLetter, Delivery, Message, QueueStats, Selector
 from .context import JobContext, current_job
 from .errors import (
+    BrokerUnavailable,
     ConfigError,
     ConveyorError,
     JobCancelled,
@@ -12,6 +13,7 @@ from .errors import (
     NonRetryable,
     PayloadError,
     Retry,
+    ServiceUnavailable,
     UnknownJob,
 )
 from .job import Job
@@ -36,6 +38,7 @@ __all__ = [
     "Backoff",
     "BoolKey",
     "Broker",
+    "BrokerUnavailable",
     "Bus",
     "ConfigError",
     "ConveyorError",
@@ -60,6 +63,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "Selector",
+    "ServiceUnavailable",
     "Signal",
     "StringKey",
     "UnknownJob",

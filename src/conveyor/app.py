@@ -256,7 +256,12 @@ class App:
 
     async def _open(self) -> Broker:
         broker = open_broker(self.url)
-        await broker.connect()
+        try:
+            await broker.connect()
+        except BaseException:
+            # Forget the failed attempt: the next call connects again, and close() has nothing to close.
+            self._per_loop.pop(asyncio.get_running_loop(), None)
+            raise
         return broker
 
     def run(self, coro_fn: Callable[[Broker], Any]) -> Any:

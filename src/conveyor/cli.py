@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib
 import json
@@ -15,10 +16,20 @@ from typing import Any
 import click
 
 from .app import App
-from .errors import ConveyorError
+from .errors import ConveyorError, ServiceUnavailable
 from .worker import Worker, WorkerConfig, WorkerResult
 
 APP_HELP = "APP is module:attribute, e.g. myproject.tasks:app (importable from the current directory)."
+
+#: Exit codes: 0 done, 1 an error (bad APP, configuration, unknown job; ``health``: unhealthy),
+#: 2 a usage error (click's), 69 a service that cannot be reached (EX_UNAVAILABLE in sysexits.h).
+EXIT_UNAVAILABLE = 69
+
+
+class Unavailable(click.ClickException):
+    """A broker or history database that cannot be reached: one line, exit code 69."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def load_app(path: str) -> App:
@@ -89,6 +100,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ServiceUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
         except (ConveyorError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -195,7 +208,11 @@ def _supervise(
     from .supervisor import Supervisor, child_argv, without_option
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    load_app(app_path)  # fail here, once, on a bad APP rather than in every child
+    app = load_app(app_path)  # fail here, once, on a bad APP or an unreachable broker rather than in every child
+    try:
+        app.run(_connected)
+    finally:
+        app.close()
     argv = child_argv(sys.argv[1:])
     env = dict(os.environ)
     if metrics_port is not None:
@@ -205,6 +222,10 @@ def _supervise(
         prepare_multiprocess_metrics(env, metrics_host, metrics_port)
     status = Supervisor(argv, processes, burst=burst, env=env).run()
     raise SystemExit(status)
+
+
+async def _connected(broker: Any) -> None:
+    """Nothing: ``app.run`` has connected to the broker (or raised ``BrokerUnavailable``)."""
 
 
 def run_worker(app: App, config: WorkerConfig) -> WorkerResult:
@@ -262,18 +283,36 @@ def enqueue(
 @click.argument("app_path", metavar="APP")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object keyed by queue.")
 def stats(app_path: str, as_json: bool) -> None:
-    """Show ready, delayed, in-flight and dead counts per queue."""
+    """Show ready, delayed, in-flight and dead counts per queue, and its live consumers.
+
+    Live consumers come from the worker registry of the History extension;
+    without it they are shown as unknown.
+    """
+    from .brokers.display import display_url
+    from .history import HistoryNotInstalled, HistoryUnavailable, history_of, live_consumers
+
     app = load_app(app_path)
+    consumers: dict[str, int] | None = None
+    unknown_because = ""
     try:
         found = app.stats()
+        try:
+            consumers = live_consumers(app, found)
+        except HistoryNotInstalled:
+            unknown_because = "the worker registry needs App(..., extensions=[conveyor.history.History()])"
+        except HistoryUnavailable as exc:
+            unknown_because = str(exc)
     finally:
         app.close()
+        with contextlib.suppress(HistoryNotInstalled):
+            history_of(app).close()
     if as_json:
-        click.echo(json.dumps({q: s.to_dict() for q, s in found.items()}, indent=2))
+        data = {q: {**s.to_dict(), "consumers": None if consumers is None else consumers[q]} for q, s in found.items()}
+        click.echo(json.dumps(data, indent=2))
         return
     from .render import stats_table
 
-    stats_table(found)
+    stats_table(found, consumers=consumers, unknown_because=unknown_because, broker=display_url(app.url))
 
 
 @main.command(epilog=APP_HELP)

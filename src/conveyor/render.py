@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -41,13 +42,51 @@ def _body(body: bytes) -> dict[str, str]:
         return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}
 
 
-def stats_table(stats: dict[str, QueueStats], console: Console | None = None) -> None:
+def consumers_cell(n: int | None) -> str:
+    """How the ``consumers`` column shows a count: ``none`` for 0, ``unknown`` without the registry."""
+    if n is None:
+        return "unknown"
+    return "none" if n == 0 else str(n)
+
+
+def stats_table(
+    stats: dict[str, QueueStats],
+    console: Console | None = None,
+    *,
+    consumers: Mapping[str, int] | None = None,
+    unknown_because: str = "",
+    broker: str = "",
+) -> None:
+    """The queue table, with live consumers per queue (``consumers=None``: unknown, and
+    ``unknown_because`` says why) and the broker it was read from."""
+    out = console or Console()
+    if broker:
+        out.print(f"broker: {broker}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title="queues")
-    for col in ("queue", "ready", "delayed", "in_flight", "dead", "oldest_age_s"):
+    for col in ("queue", "ready", "delayed", "in_flight", "dead", "oldest_age_s", "consumers"):
         table.add_column(col, justify="left" if col == "queue" else "right")
     for name, s in stats.items():
-        table.add_row(name, str(s.ready), str(s.delayed), str(s.in_flight), str(s.dead), f"{s.oldest_age_s:.1f}")
-    (console or Console()).print(table)
+        n = None if consumers is None else consumers.get(name, 0)
+        table.add_row(
+            name, str(s.ready), str(s.delayed), str(s.in_flight), str(s.dead), f"{s.oldest_age_s:.1f}",
+            consumers_cell(n),
+        )  # fmt: skip
+    out.print(table)
+    for note in stats_footnotes(stats, consumers, unknown_because):
+        out.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+def stats_footnotes(
+    stats: dict[str, QueueStats], consumers: Mapping[str, int] | None, unknown_because: str = ""
+) -> list[str]:
+    """What the ``consumers`` column means for the operator, as sentences."""
+    if consumers is None:
+        return ["* live consumers are unknown" + (f": {unknown_because}" if unknown_because else "")]
+    idle = [q for q in stats if consumers.get(q, 0) == 0]
+    if not idle:
+        return []
+    names = ", ".join(idle)
+    return [f"* no live worker consumes {names}: jobs sent there wait until one does (conveyor worker APP -q QUEUE)"]
 
 
 def dlq_table(letters: list[DeadLetter], console: Console | None = None) -> None:

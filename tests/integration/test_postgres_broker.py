@@ -315,10 +315,15 @@ async def test_a_newer_schema_is_refused(broker: PostgresBroker, schema: str) ->
         await broker.migrate()
 
 
-async def test_connect_to_an_unreachable_server_fails_clearly() -> None:
-    b = PostgresBroker.from_url("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
-    with pytest.raises(psycopg.OperationalError, match=r"127\.0\.0\.1"):
+async def test_connect_to_an_unreachable_server_raises_broker_unavailable() -> None:
+    from conveyor.errors import BrokerUnavailable
+
+    b = PostgresBroker.from_url("postgresql://nobody:hunter2@127.0.0.1:1/none?connect_timeout=1")
+    expected = r"PostgreSQL broker at postgresql://nobody:\*\*\*@127\.0\.0\.1:1/none"
+    with pytest.raises(BrokerUnavailable, match=expected) as info:
         await b.connect()
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value.__cause__, psycopg.OperationalError)
 
 
 # -- URL options ---------------------------------------------------------------

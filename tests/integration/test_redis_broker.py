@@ -385,7 +385,12 @@ def test_decode_responses_is_refused() -> None:
         split_url("redis://h/0?decode_responses=true")
 
 
-async def test_unreachable_server_raises_on_connect() -> None:
-    b = RedisBroker.from_url("redis://127.0.0.1:1/0")
-    with pytest.raises(RedisConnectionError):
+async def test_unreachable_server_raises_broker_unavailable_on_connect() -> None:
+    from conveyor.errors import BrokerUnavailable
+
+    b = RedisBroker.from_url("redis://:hunter2@127.0.0.1:1/0")
+    expected = r"Redis broker at redis://:\*\*\*@127\.0\.0\.1:1/0: .*refused"
+    with pytest.raises(BrokerUnavailable, match=expected) as info:
         await b.connect()
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value.__cause__, RedisConnectionError)

@@ -24,7 +24,7 @@ import uuid_utils
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import ConfigError
+from ..errors import BrokerUnavailable, ConfigError
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
@@ -77,8 +77,11 @@ class PostgresBroker(Broker):
 
     # -- connections ----------------------------------------------------------
     async def _direct(self) -> Conn:
-        """A connection outside the pool; libpq's own error explains a failure."""
-        return await psycopg.AsyncConnection.connect(self.settings.conninfo, autocommit=True)
+        """A connection outside the pool; a failure raises :class:`BrokerUnavailable` with libpq's reason."""
+        try:
+            return await psycopg.AsyncConnection.connect(self.settings.conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise BrokerUnavailable.connecting("PostgreSQL", self.settings.conninfo, exc) from exc
 
     @property
     def pool(self) -> AsyncConnectionPool[Conn]:

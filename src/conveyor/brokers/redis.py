@@ -23,8 +23,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import uuid_utils
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
-from ..errors import ConfigError
+from ..errors import BrokerUnavailable, ConfigError
 from . import redis_scripts as lua
 from .base import (
     MAX_REFUNDED_INTERRUPTIONS,
@@ -111,13 +112,19 @@ class RedisBroker(Broker):
         return await self._scripts[name](args=[self.prefix, *args])
 
     async def connect(self) -> None:
-        """Connect, check the server answers, and register the scripts."""
+        """Connect, check the server answers, and register the scripts.
+
+        Raises :class:`BrokerUnavailable` when the server cannot be reached or refuses us.
+        """
         if self._client is not None:
             return
         client = Redis.from_url(self.url, decode_responses=False)
         try:
             await client.ping()
-        except Exception:
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise BrokerUnavailable.connecting("Redis", self.url, exc) from exc
+        except BaseException:
             await client.aclose()
             raise
         names = ("ENQUEUE", "LEASE", "ACK", "NACK", "RELEASE", "DEAD", "EXTEND", "RESCUE",

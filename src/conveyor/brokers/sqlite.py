@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import uuid_utils
 
-from ..errors import ConfigError
+from ..errors import BrokerUnavailable, ConfigError
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
@@ -130,11 +130,16 @@ class SQLiteBroker(Broker):
             parent = Path(self.path).resolve().parent
             if not parent.is_dir():
                 raise ConfigError(f"cannot open SQLite database {self.path!r}: no directory {parent}")
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
-            _upgrade(conn)
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+                _upgrade(conn)
+            except sqlite3.Error as exc:  # unreadable file, not a database, read-only directory...
+                raise BrokerUnavailable.connecting("SQLite", f"sqlite:///{self.path}", exc) from exc
             self._conn = conn
         return self._conn
 

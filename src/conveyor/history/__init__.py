@@ -4,7 +4,7 @@ Enable it with ``App(url, extensions=[History()])``; read it with
 ``history_of(app).store`` (a :class:`HistoryStore`). See docs/history.md.
 """
 
-from .extension import DEFAULT_URL, History, HistoryNotInstalled, history_of, history_url, open_store
+from .extension import History, HistoryNotInstalled, history_of, history_url, open_store
 from .sqlstore import AmbiguousId, HistoryUnavailable
 from .store import (
     EVENT_KINDS,
@@ -28,9 +28,9 @@ from .store import (
     WorkerRecord,
     epoch,
 )
+from .workers import live_consumers, queue_consumers
 
 __all__ = [
-    "DEFAULT_URL",
     "EVENT_KINDS",
     "OUTCOMES",
     "STATES",
@@ -57,5 +57,7 @@ __all__ = [
     "epoch",
     "history_of",
     "history_url",
+    "live_consumers",
     "open_store",
+    "queue_consumers",
 ]

@@ -18,7 +18,7 @@ from .workers import WorkerHeartbeat
 if TYPE_CHECKING:
     from ..app import App
 
-DEFAULT_URL = "sqlite:///conveyor-history.db"
+_SQL_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 
 
 class HistoryNotInstalled(ConveyorError):
@@ -27,14 +27,19 @@ class HistoryNotInstalled(ConveyorError):
 
 def history_url(broker_url: str, url: str | None = None) -> str:
     """Where history goes: ``url`` if given, else the broker's SQLite file or PostgreSQL
-    database (and schema), else ``sqlite:///conveyor-history.db``."""
+    database (and schema). Any other broker needs ``url``: a :class:`ConfigError` says so,
+    rather than a file appearing in the working directory."""
     if url is not None:
-        if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        if not url.startswith(_SQL_SCHEMES):
             raise ConfigError(f"unsupported history URL {url!r}; use sqlite:///file.db or postgresql://...")
         return url
-    if broker_url.startswith(("sqlite://", "postgresql://", "postgres://")):
+    if broker_url.startswith(_SQL_SCHEMES):
         return broker_url
-    return DEFAULT_URL
+    scheme = broker_url.partition("://")[0] or broker_url
+    raise ConfigError(
+        f"History on a {scheme}:// broker needs a store: pass History(url='sqlite:////abs/path/history.db')"
+        " or History(url='postgresql://...')"
+    )
 
 
 def open_store(url: str) -> HistoryStore:

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any
 
-from ..errors import ConveyorError
+from ..errors import ConveyorError, ServiceUnavailable
 from .queries import Queries
 from .schema import Cursor, Dialect
 from .store import (
@@ -57,8 +57,8 @@ class AmbiguousId(ConveyorError, ValueError):
     """A prefix matched more than one job or fingerprint."""
 
 
-class HistoryUnavailable(ConveyorError):
-    """The history database could not be read."""
+class HistoryUnavailable(ServiceUnavailable):
+    """The history database could not be read (the CLI exits with code 69)."""
 
 
 def _error(type_: Any, message: Any, traceback: Any, fingerprint: Any) -> ErrorRecord | None:

@@ -7,11 +7,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .store import RunningJobRecord, WorkerRecord
 
 if TYPE_CHECKING:
+    from ..app import App
     from ..worker import Worker
     from .extension import History
 
@@ -80,3 +82,32 @@ class WorkerHeartbeat:
             except Exception:
                 log.warning("history: worker heartbeat failed", exc_info=True)
             await asyncio.sleep(self.history.heartbeat_interval)
+
+
+def queue_consumers(workers: Iterable[WorkerRecord], now: float | None = None) -> dict[str, list[str]]:
+    """The ids of the live workers consuming each queue.
+
+    Live: not stopped, and heard from within three heartbeat intervals (the
+    ``running`` status of ``conveyor workers``). A queue no live worker consumes
+    is absent from the result.
+    """
+    at = time.time() if now is None else now
+    found: dict[str, list[str]] = {}
+    for w in workers:
+        if w.status(at) == "running":
+            for q in w.queues:
+                found.setdefault(q, []).append(w.id)
+    return found
+
+
+def live_consumers(app: App, queues: Iterable[str]) -> dict[str, int]:
+    """How many live workers consume each of ``queues``, from the worker registry.
+
+    Raises :class:`~conveyor.history.HistoryNotInstalled` without the History
+    extension and :class:`~conveyor.history.HistoryUnavailable` when its
+    database cannot be read: then nobody knows, and callers must say so.
+    """
+    from .extension import history_of
+
+    consumers = queue_consumers(history_of(app).store.workers(include_stopped=False))
+    return {q: len(consumers.get(q, ())) for q in queues}

@@ -307,6 +307,9 @@ def worker_memory(i: Inputs) -> list[CheckResult]:
     return out or [CheckResult("worker_memory", OK, "no worker reports its memory")]
 
 
+from .unconsumed import unconsumed_queue  # noqa: E402 - it builds on the definitions above
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     """A named check: its function and what it needs."""
@@ -328,5 +331,6 @@ CHECKS: tuple[Check, ...] = (
     Check("failure_rate", failure_rate, needs_history=True),
     Check("retry_loop", retry_loop, needs_history=True),
     Check("worker_memory", worker_memory, needs_history=True, alerts_from_leader=False),
+    Check("unconsumed_queue", unconsumed_queue, needs_history=True),
 )
 """The built-in checks, in report order."""

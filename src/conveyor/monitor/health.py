@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals as sig
 from ..brokers import QueueStats
+from ..errors import ServiceUnavailable
 from .alerts import CRITICAL, WARNING, Alert, AlertManager
 from .checks import CHECKS, ERROR, HEALTH_CHECK, LEVELS, OK, SKIPPED, CheckResult, Inputs, Sample
 from .config import MonitorConfig
@@ -169,7 +170,10 @@ class HealthMonitor:
         try:
             stats = await self._stats()
         except Exception as exc:
-            log.exception("monitor: cannot read queue stats")
+            if isinstance(exc, ServiceUnavailable):  # its message says it all: no traceback
+                log.error("monitor: cannot read queue stats: %s", exc)
+            else:
+                log.exception("monitor: cannot read queue stats")
             result = CheckResult("broker", CRITICAL, f"cannot read queue stats from the broker: {exc}")
             if alert:
                 self.alerts.update([a for a in [result.alert()] if a], names=["broker"])

@@ -15,6 +15,7 @@ import uuid_utils
 
 from .. import signals as sig
 from ..brokers import WORKER_SHUTDOWN, Broker, Delivery
+from ..brokers.display import display_url
 from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
@@ -167,7 +168,15 @@ class Worker:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
-        log.info("worker %s consuming %s with concurrency %d", self.id, ",".join(self.queues), c.concurrency)
+        # Which queues, on which broker (password masked, SQLite by absolute path): the line an
+        # operator reads first when jobs wait in a queue no worker consumes.
+        log.info(
+            "worker %s started: consuming queues %s from %s (concurrency %d)",
+            self.id,
+            ", ".join(self.queues),
+            display_url(self.app.url),
+            c.concurrency,
+        )
 
         async def consume() -> None:
             # Survives anything a job (or conveyor around it) raises; ends on None or the

@@ -34,8 +34,6 @@ def test_default_url_follows_the_broker() -> None:
     assert history_url("sqlite:///jobs.db") == "sqlite:///jobs.db"
     pg = "postgresql://u@db:5432/app?schema=billing&pool_max=4"
     assert history_url(pg) == pg
-    assert history_url("memory://") == "sqlite:///conveyor-history.db"
-    assert history_url("redis://localhost:6379/0") == "sqlite:///conveyor-history.db"
     assert history_url("sqlite:///jobs.db", "postgresql://u@h/d") == "postgresql://u@h/d"
     with pytest.raises(ConfigError, match="unsupported history URL"):
         History("mysql://nope")
@@ -43,14 +41,25 @@ def test_default_url_follows_the_broker() -> None:
         History(max_rows=0)
 
 
+@pytest.mark.parametrize("broker", ["redis://localhost:6379/0", "memory://"])
+def test_history_on_a_broker_without_sql_needs_an_explicit_store_url(
+    broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scheme = broker.partition("://")[0]
+    with pytest.raises(ConfigError, match=rf"History on a {scheme}:// broker needs a store: pass History\(url="):
+        history_url(broker)
+    with pytest.raises(ConfigError, match=r"History\(url="):
+        App(broker, extensions=[History()])
+    assert list(tmp_path.iterdir()) == [], "nothing may be written in the working directory"
+
+
 def test_history_on_the_broker_file_and_on_its_own_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     on_broker = App(f"sqlite:///{tmp_path / 'q.db'}", extensions=[History()])
-    in_memory = App("memory://", extensions=[History()])
     explicit = App("memory://", extensions=[History(f"sqlite:///{tmp_path / 'h.db'}")])
     try:
         assert history_of(on_broker).url == f"sqlite:///{tmp_path / 'q.db'}"
-        assert history_of(in_memory).url == "sqlite:///conveyor-history.db"
         assert history_of(explicit).url == f"sqlite:///{tmp_path / 'h.db'}"
 
         @explicit.job
@@ -63,7 +72,7 @@ def test_history_on_the_broker_file_and_on_its_own_file(tmp_path: Path, monkeypa
         assert history_of(explicit).store.get_job(job_id).job.state == "completed"  # type: ignore[union-attr]
         assert (tmp_path / "h.db").exists() and not (tmp_path / "conveyor-history.db").exists()
     finally:
-        for app in (on_broker, in_memory, explicit):
+        for app in (on_broker, explicit):
             history_of(app).close()
             app.close()
 
