@@ -353,6 +353,25 @@ WORKER_BUSY = Signal(
     (WORKER_ID, IntKey("in_flight")),
 )
 
+# -- dead letters: operations through the App's DLQ API, and retention ----------
+REQUESTED_BY = StringKey("requested_by", "who asked: cli, dashboard or api")
+JOB_IDS = StringKey("job_ids", "the ids touched, comma-separated")
+DLQ_RETRIED = Signal(
+    "dlq.retried",
+    "Dead letters were sent back to their queues with fresh attempts.",
+    (IntKey("count"), JOB_IDS, StringKey("queue", "the queue of an --all retry, else ''"), REQUESTED_BY),
+)
+DLQ_PURGED = Signal(
+    "dlq.purged",
+    "Dead letters were deleted for good.",
+    (IntKey("count"), JOB_IDS, StringKey("queue", "the queue of an --all purge, else ''"), REQUESTED_BY),
+)
+DLQ_PRUNED = Signal(
+    "dlq.pruned",
+    "Retention deleted dead letters older than max_age or beyond max_per_queue.",
+    (IntKey("count"), DurationKey("max_age", "0 when unlimited"), IntKey("max_per_queue", "0 when unlimited")),
+)
+
 BUILTIN: tuple[Signal, ...] = (
     JOB_ENQUEUED,
     JOB_STARTED,
@@ -365,4 +384,7 @@ BUILTIN: tuple[Signal, ...] = (
     WORKER_STOPPED,
     WORKER_IDLE,
     WORKER_BUSY,
+    DLQ_RETRIED,
+    DLQ_PURGED,
+    DLQ_PRUNED,
 )

@@ -136,5 +136,8 @@ def test_builtin_signals_are_documented() -> None:
         "worker.stopped",
         "worker.idle",
         "worker.busy",
+        "dlq.retried",
+        "dlq.purged",
+        "dlq.pruned",
     }
     assert all(s.description for s in sig.BUILTIN)

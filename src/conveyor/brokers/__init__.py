@@ -7,10 +7,12 @@ from .base import (
     Broker,
     DeadLetter,
     Delivery,
+    DlqPosition,
     Failure,
     Message,
     QueueStats,
     Selector,
+    position,
 )
 from .factory import open_broker
 
@@ -21,9 +23,11 @@ __all__ = [
     "Broker",
     "DeadLetter",
     "Delivery",
+    "DlqPosition",
     "Failure",
     "Message",
     "QueueStats",
     "Selector",
     "open_broker",
+    "position",
 ]

@@ -48,5 +48,11 @@ STANDARD_METRICS: tuple[Metric, ...] = (
            description="Attempts running now in this process."),
     Metric(sig.WORKER_STARTED, "conveyor_workers", kind="gauge",
            decrement=sig.WORKER_STOPPED, description="Workers running in this process."),
+    Metric(sig.DLQ_RETRIED, "conveyor_dead_letters_retried_total", value_key="count",
+           labels=["requested_by"], description="Dead letters sent back to their queues, by who asked."),
+    Metric(sig.DLQ_PURGED, "conveyor_dead_letters_purged_total", value_key="count",
+           labels=["requested_by"], description="Dead letters deleted for good, by who asked."),
+    Metric(sig.DLQ_PRUNED, "conveyor_dead_letters_pruned_total", value_key="count",
+           description="Dead letters deleted by retention (max_age, max_per_queue)."),
 )
 """``conveyor_*`` metrics labelled by queue and job type (never by job id)."""
