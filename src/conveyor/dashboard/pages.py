@@ -181,7 +181,10 @@ async def dead_letter_action(request: Request) -> Response:
     if not op or not ids:
         n, flash = 0, "Select at least one dead letter first."
     else:
-        n = await (sources.retry(ids) if op == "retry" else sources.delete(ids))
+        try:
+            n = await (sources.retry(ids) if op == "retry" else sources.delete(ids))
+        except ConveyorError as exc:  # an ambiguous id prefix
+            return render(request, "_message.html", 400, message=str(exc))
         verb = "Retried" if op == "retry" else "Deleted"
         flash = f"{verb} {n} dead letter{'s' if n != 1 else ''}."
     if not is_htmx(request):
@@ -195,7 +198,10 @@ async def dead_letter_one(request: Request) -> Response:
     if op not in ("retry", "delete"):
         return render(request, "message.html", 404, title="Not found", message="Dead letters are retried or deleted.")
     sources = _sources(request)
-    n = await (sources.retry([job_id]) if op == "retry" else sources.delete([job_id]))
+    try:
+        n = await (sources.retry([job_id]) if op == "retry" else sources.delete([job_id]))
+    except ConveyorError as exc:  # an ambiguous id prefix
+        return render(request, "message.html", 400, title="Which dead letter?", message=str(exc))
     if not is_htmx(request):
         return redirect(request, f"/dead-letters?{'retried' if op == 'retry' else 'deleted'}={n}")
     return render(request, "_dead_letter_done.html", op=op, n=n, job_id=job_id)

@@ -67,6 +67,9 @@ def test_a_dead_letter_opens_by_unique_prefix_and_an_ambiguous_one_lists_candida
     assert r.status_code == 400 and all(d in r.json()["detail"] for d in dead[:10]), r.text
     page = plain.get(f"/dead-letters/{shared}")
     assert page.status_code == 400 and "matches several dead letters" in page.text
+    r = plain.post(f"/dead-letters/{shared}/retry", headers={"HX-Request": "true"})
+    assert r.status_code == 400 and "matches several dead letters" in r.text
+    assert sorted(plain.dead_ids()) == dead  # nothing retried
 
 
 def test_api_pages_dead_letters_with_a_next_cursor(plain: Dashboard) -> None:
