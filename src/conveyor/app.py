@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 from . import signals as sig
 from .brokers import Broker, DeadLetter, Message, QueueStats, Selector, open_broker
 from .brokers.factory import broker_class
+from .deadletters import DeadLetterPage, DeadLetters, Retention, RetentionService
 from .errors import UnknownJob
 from .job import DEFAULT_MAX_MESSAGE_SIZE, Job, check_json, encode, new_id
 from .middleware import Middleware
 from .portal import Portal
-from .registry import JobDef, JobFunction, SendOptions, check_name, make_definition
+from .registry import JobDef, JobFunction, SendOptions, make_definition
 from .retry import BackoffLike
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_URL = "sqlite:///conveyor.db"
+DEFAULT_RETENTION = Retention()
 URL_ENV = "CONVEYOR_BROKER_URL"
 
 
@@ -44,6 +46,9 @@ class App:
     ``sqlite:///conveyor.db``. ``telemetry`` (see :mod:`conveyor.telemetry`) and
     ``extensions`` (job history, monitors...) are installed on creation; an
     extension may subscribe sinks, add middleware and add ``worker_services``.
+    ``dead_letter_retention`` (see :class:`~conveyor.deadletters.Retention`: 7 days
+    and 100,000 per queue by default, ``None`` to keep every dead letter) is
+    applied by workers.
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class App:
         middleware: Iterable[Middleware] = (),
         telemetry: Installable | None = None,
         extensions: Iterable[Installable] = (),
+        dead_letter_retention: Retention | None = DEFAULT_RETENTION,
     ) -> None:
         self.url = url or os.environ.get(URL_ENV) or DEFAULT_URL
         self._broker_cls = broker_class(self.url)  # fails fast on a bad URL or missing extra
@@ -68,6 +74,9 @@ class App:
         self._shared: Broker | None = None
         self._per_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Broker]] = {}
         self.worker_services: list[WorkerService] = []
+        self.dead_letters = DeadLetters(self, dead_letter_retention)
+        if dead_letter_retention is not None:
+            self.worker_services.append(RetentionService(self.dead_letters))
         self.extensions: list[Installable] = list(extensions)
         self.telemetry = telemetry
         if telemetry is not None:
@@ -303,16 +312,27 @@ class App:
         """Sync form of :meth:`stats_async`."""
         return self._portal.call(self.stats_async(queues))
 
+    # -- dead letters (see conveyor.deadletters; ids may be unique prefixes) --
     def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        if queue is not None:
-            check_name("queue", queue)
-        result: list[DeadLetter] = self.run(lambda b: b.dlq_list(queue, limit))
-        return result
+        """The oldest ``limit`` dead letters (of ``queue``)."""
+        return self.dlq_page(queue, limit).letters
 
-    def dlq_retry(self, selector: Selector) -> int:
-        result: int = self.run(lambda b: b.dlq_retry(selector))
-        return result
+    def dlq_page(self, queue: str | None = None, limit: int = 100, after: str | None = None) -> DeadLetterPage:
+        """A page of dead letters, oldest first; ``after`` is the previous page's ``next``."""
+        return self._portal.call(self.dead_letters.page(queue, limit, after))
 
-    def dlq_purge(self, selector: Selector) -> int:
-        result: int = self.run(lambda b: b.dlq_purge(selector))
-        return result
+    def dlq_get(self, job_id: str) -> DeadLetter:
+        """One dead letter by id or unique id prefix."""
+        return self._portal.call(self.dead_letters.get(job_id))
+
+    def dlq_retry(self, selector: Selector, *, requested_by: str = "api", missing_ok: bool = False) -> list[str]:
+        """Retry dead letters; return the ids retried (emits ``dlq.retried``)."""
+        return self._portal.call(self.dead_letters.retry(selector, requested_by=requested_by, missing_ok=missing_ok))
+
+    def dlq_purge(self, selector: Selector, *, requested_by: str = "api", missing_ok: bool = False) -> list[str]:
+        """Delete dead letters; return the ids deleted (emits ``dlq.purged``)."""
+        return self._portal.call(self.dead_letters.purge(selector, requested_by=requested_by, missing_ok=missing_ok))
+
+    def dlq_prune(self) -> int:
+        """Apply dead-letter retention now; return how many were deleted (emits ``dlq.pruned``)."""
+        return self._portal.call(self.dead_letters.prune())

@@ -91,7 +91,9 @@ def stats_footnotes(
 
 def dlq_table(letters: list[DeadLetter], console: Console | None = None) -> None:
     table = Table(title=f"dead letters ({len(letters)})")
-    for col in ("id", "queue", "type", "reason", "attempts", "error", "dead_at"):
+    # Whole ids, never cut, however narrow the terminal: they are what `dlq retry` takes.
+    table.add_column("id", no_wrap=True, min_width=max((len(d.id) for d in letters), default=2))
+    for col in ("queue", "type", "reason", "attempts", "error", "dead_at"):
         table.add_column(col)
     for d in letters:
         error = f"{d.error_type}: {d.error_message}" if d.error_type else ""

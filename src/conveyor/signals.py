@@ -402,6 +402,26 @@ WORKER_CAPACITY_REDUCED = Signal(
     (WORKER_ID, IntKey("concurrency"), IntKey("threads", "threads serving jobs now"), STUCK),
 )
 
+
+# -- dead letters: operations through the App's DLQ API, and retention ----------
+REQUESTED_BY = StringKey("requested_by", "who asked: cli, dashboard or api")
+JOB_IDS = StringKey("job_ids", "the ids touched, comma-separated")
+DLQ_RETRIED = Signal(
+    "dlq.retried",
+    "Dead letters were sent back to their queues with fresh attempts.",
+    (IntKey("count"), JOB_IDS, StringKey("queue", "the queue of an --all retry, else ''"), REQUESTED_BY),
+)
+DLQ_PURGED = Signal(
+    "dlq.purged",
+    "Dead letters were deleted for good.",
+    (IntKey("count"), JOB_IDS, StringKey("queue", "the queue of an --all purge, else ''"), REQUESTED_BY),
+)
+DLQ_PRUNED = Signal(
+    "dlq.pruned",
+    "Retention deleted dead letters older than max_age or beyond max_per_queue.",
+    (IntKey("count"), DurationKey("max_age", "0 when unlimited"), IntKey("max_per_queue", "0 when unlimited")),
+)
+
 BUILTIN: tuple[Signal, ...] = (
     JOB_ENQUEUED,
     JOB_STARTED,
@@ -418,4 +438,7 @@ BUILTIN: tuple[Signal, ...] = (
     WORKER_THREAD_STUCK,
     WORKER_THREAD_RETURNED,
     WORKER_CAPACITY_REDUCED,
+    DLQ_RETRIED,
+    DLQ_PURGED,
+    DLQ_PRUNED,
 )

@@ -17,6 +17,7 @@ from conveyor.brokers import (
     Failure,
     Message,
     Selector,
+    position,
 )
 from conveyor.job import new_id
 
@@ -216,25 +217,25 @@ async def _bury(broker: Broker, queue: str, n: int) -> list[str]:
 
 async def test_dlq_retry_by_id_requeues_with_fresh_attempts(broker: Broker) -> None:
     ids = await _bury(broker, Q, 3)
-    assert await broker.dlq_retry(Selector(ids=[ids[0], "no-such-id"])) == 1
+    assert await broker.dlq_retry(Selector(ids=[ids[0], "no-such-id"])) == [ids[0]]
     [d] = await broker.lease([Q], 10, VT)
     assert d.id == ids[0] and d.attempts == 1 and d.redelivery == MANUAL_RETRY
     assert len(await broker.dlq_list(Q)) == 2
 
 
 async def test_dlq_retry_all_of_one_queue(broker: Broker) -> None:
-    await _bury(broker, "d1", 2)
+    d1 = await _bury(broker, "d1", 2)
     await _bury(broker, "d2", 2)
-    assert await broker.dlq_retry(Selector(all=True, queue="d1")) == 2
+    assert sorted(await broker.dlq_retry(Selector(all=True, queue="d1"))) == sorted(d1)
     assert (await broker.stats(["d1"]))["d1"].ready == 2
     assert (await broker.stats(["d2"]))["d2"].dead == 2
 
 
 async def test_dlq_purge_by_id_and_all(broker: Broker) -> None:
     ids = await _bury(broker, Q, 3)
-    assert await broker.dlq_purge(Selector(ids=[ids[1]])) == 1
+    assert await broker.dlq_purge(Selector(ids=[ids[1]])) == [ids[1]]
     assert [d.id for d in await broker.dlq_list(Q)] == [ids[0], ids[2]]
-    assert await broker.dlq_purge(Selector(all=True)) == 2
+    assert sorted(await broker.dlq_purge(Selector(all=True))) == sorted([ids[0], ids[2]])
     assert await broker.dlq_list() == []
     assert (await broker.stats([Q]))[Q].dead == 0
 
@@ -242,8 +243,8 @@ async def test_dlq_purge_by_id_and_all(broker: Broker) -> None:
 async def test_dlq_ops_ignore_live_messages(broker: Broker) -> None:
     m = msg()
     await broker.enqueue([m])
-    assert await broker.dlq_purge(Selector(ids=[m.id])) == 0
-    assert await broker.dlq_retry(Selector(ids=[m.id])) == 0
+    assert await broker.dlq_purge(Selector(ids=[m.id])) == []
+    assert await broker.dlq_retry(Selector(ids=[m.id])) == []
     assert (await broker.stats([Q]))[Q].ready == 1
 
 
@@ -339,7 +340,7 @@ async def test_dlq_retry_forgets_past_interruptions(broker: Broker) -> None:
     for _ in range(MAX_REFUNDED_INTERRUPTIONS):
         await broker.release([await _lease_one(broker)], WORKER_SHUTDOWN, interrupted=True)
     await broker.dead(await _lease_one(broker), "max_attempts_exceeded")
-    assert await broker.dlq_retry(Selector(ids=[m.id])) == 1
+    assert await broker.dlq_retry(Selector(ids=[m.id])) == [m.id]
     for _ in range(MAX_REFUNDED_INTERRUPTIONS):
         d = await _lease_one(broker)
         assert d.attempts == 1
@@ -356,3 +357,78 @@ async def test_interrupted_release_with_a_lost_lease_changes_nothing(broker: Bro
         await broker.release([d], WORKER_SHUTDOWN, interrupted=True)  # stale token: ignored
     await broker.release([fresh], WORKER_SHUTDOWN, interrupted=True)
     assert (await _lease_one(broker)).attempts == 1
+
+
+# -- dead letters: lookup by id and prefix, keyset paging, ids touched, retention --
+
+
+async def _bury_ids(broker: Broker, ids: list[str], queue: str = Q) -> None:
+    """Dead-letter messages with these ids, one at a time (so their dead_at grow)."""
+    for job_id in ids:
+        await broker.enqueue([Message(job_id, queue, "t", b"{}", 0, 0.0, time.time())])
+        [d] = await broker.lease([queue], 1, VT)
+        await broker.dead(d, "non_retryable", Failure("E", "m"))
+
+
+async def test_dlq_get_returns_the_dead_letters_among_the_ids(broker: Broker) -> None:
+    ids = await _bury(broker, Q, 3)
+    live = msg()
+    await broker.enqueue([live])
+    found = await broker.dlq_get([ids[2], "no-such-id", live.id, ids[0], ids[2]])
+    assert [d.id for d in found] == [ids[0], ids[2]]
+    assert found[0].reason == "non_retryable" and found[0].error_type == "E"
+    assert await broker.dlq_get([]) == []
+
+
+async def test_dlq_match_finds_dead_letters_by_id_prefix(broker: Broker) -> None:
+    await _bury_ids(broker, ["pfx-aa1", "pfx-aa2", "pfx-b", "x*y", "xzy"])
+    await broker.enqueue([Message("pfx-aa3", Q, "t", b"{}")])  # live: never a match
+    assert [d.id for d in await broker.dlq_match("pfx-aa")] == ["pfx-aa1", "pfx-aa2"]
+    assert [d.id for d in await broker.dlq_match("pfx-", limit=2)] == ["pfx-aa1", "pfx-aa2"]
+    assert [d.id for d in await broker.dlq_match("pfx-b")] == ["pfx-b"]
+    assert [d.id for d in await broker.dlq_match("x*")] == ["x*y"]  # no glob or LIKE wildcards
+    assert await broker.dlq_match("nope") == []
+
+
+async def test_dlq_page_walks_oldest_first_with_a_stable_cursor(broker: Broker) -> None:
+    ids = await _bury(broker, "p1", 3) + await _bury(broker, "p2", 2) + await _bury(broker, "p1", 2)
+    everything = await broker.dlq_page(limit=100)
+    order = sorted(everything, key=lambda d: (d.dead_at, d.id))
+    assert everything == order and sorted(d.id for d in everything) == sorted(ids)
+    first = await broker.dlq_page(limit=3)
+    assert first == everything[:3]
+    # Letters before the cursor go away and new ones die: the next page neither skips nor repeats.
+    await broker.dlq_purge(Selector(ids=[first[0].id, first[1].id]))
+    late = await _bury(broker, "p2", 1)
+    second = await broker.dlq_page(limit=3, after=position(first[-1]))
+    assert [d.id for d in second] == [d.id for d in everything[3:6]]
+    rest = await broker.dlq_page(limit=100, after=position(second[-1]))
+    assert [d.id for d in rest] == [d.id for d in everything[6:]] + late
+    p1 = await broker.dlq_page("p1", limit=100)
+    assert [d.queue for d in p1] == ["p1"] * 3  # 5 buried, 2 purged
+    assert await broker.dlq_page(limit=100, after=position(rest[-1])) == []
+    assert [d.id for d in await broker.dlq_page("p1", 2, after=position(p1[0]))] == [p1[1].id, p1[2].id]
+
+
+async def test_dlq_prune_deletes_by_age(broker: Broker) -> None:
+    old = await _bury(broker, "a1", 2) + await _bury(broker, "a2", 1)
+    await asyncio.sleep(0.05)
+    cutoff = time.time()
+    await asyncio.sleep(0.05)
+    young = await _bury(broker, "a1", 2)
+    assert await broker.dlq_prune(dead_before=cutoff) == len(old)
+    assert [d.id for d in await broker.dlq_page(limit=100)] == young
+    assert await broker.dlq_prune(dead_before=cutoff) == 0  # idempotent
+
+
+async def test_dlq_prune_keeps_the_newest_per_queue(broker: Broker) -> None:
+    c1 = await _bury(broker, "c1", 4)
+    c2 = await _bury(broker, "c2", 1)
+    live = msg(queue="c1")
+    await broker.enqueue([live])
+    assert await broker.dlq_prune(keep=2) == 2
+    kept = await broker.dlq_page(limit=100)
+    assert sorted(d.id for d in kept) == sorted(c1[2:] + c2)
+    assert await broker.dlq_prune(keep=2) == 0
+    assert (await broker.stats(["c1"]))["c1"].ready == 1  # live messages are never pruned
+    assert await broker.dlq_prune() == 0

@@ -199,7 +199,7 @@ async def test_finished_jobs_leave_no_keys_behind(broker: RedisBroker) -> None:
     await broker.dead(ds[4], "non_retryable")
     [again] = await broker.lease(["q"], 5, VT)
     await broker.ack([again])
-    assert await broker.dlq_purge(Selector(all=True)) == 1
+    assert await broker.dlq_purge(Selector(all=True)) == [ds[4].id]
     keys = {k.decode() async for k in broker.client.scan_iter(match=f"{broker.prefix}:*")}
     assert keys == {f"{broker.prefix}:{k}" for k in ("queues", "seq", "leased")}
     assert (await broker.stats(["q"]))["q"] == QueueStats()
@@ -211,10 +211,22 @@ async def test_dlq_retry_and_purge_all_span_several_batches(broker: RedisBroker)
     for d in await broker.lease(["d1", "d2"], n + 3, VT):
         await broker.dead(d, "non_retryable")
     assert len(await broker.dlq_list(limit=n * 2)) == n + 3
-    assert await broker.dlq_retry(Selector(all=True, queue="d1")) == n
+    assert len(set(await broker.dlq_retry(Selector(all=True, queue="d1")))) == n
     assert (await broker.stats(["d1"]))["d1"].ready == n
-    assert await broker.dlq_purge(Selector(all=True)) == 3
+    assert len(await broker.dlq_purge(Selector(all=True))) == 3
     assert await broker.dlq_list() == []
+
+
+async def test_dlq_prune_spans_several_batches_and_leaves_no_keys_behind(broker: RedisBroker) -> None:
+    n = BATCH + 50
+    await broker.enqueue([msg("d1") for _ in range(2 * n)] + [msg("d2") for _ in range(3)])
+    for d in await broker.lease(["d1", "d2"], 2 * n + 3, VT):
+        await broker.dead(d, "non_retryable")
+    assert await broker.dlq_prune(keep=n) == n  # d1 keeps its newest n
+    assert (await broker.stats(["d1"]))["d1"].dead == n
+    assert await broker.dlq_prune(dead_before=time.time() + 1) == n + 3
+    keys = {k.decode() async for k in broker.client.scan_iter(match=f"{broker.prefix}:*")}
+    assert keys == {f"{broker.prefix}:{k}" for k in ("queues", "seq", "leased")}
 
 
 # -- waking idle workers ----------------------------------------------------------

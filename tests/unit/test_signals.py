@@ -140,5 +140,8 @@ def test_builtin_signals_are_documented() -> None:
         "worker.thread_stuck",
         "worker.thread_returned",
         "worker.capacity_reduced",
+        "dlq.retried",
+        "dlq.purged",
+        "dlq.pruned",
     }
     assert all(s.description for s in sig.BUILTIN)

@@ -8,10 +8,12 @@ from .base import (
     Broker,
     DeadLetter,
     Delivery,
+    DlqPosition,
     Failure,
     Message,
     QueueStats,
     Selector,
+    position,
 )
 from .factory import open_broker
 
@@ -23,9 +25,11 @@ __all__ = [
     "Broker",
     "DeadLetter",
     "Delivery",
+    "DlqPosition",
     "Failure",
     "Message",
     "QueueStats",
     "Selector",
     "open_broker",
+    "position",
 ]

@@ -103,6 +103,15 @@ class Failure:
     traceback: str = ""
 
 
+DlqPosition = tuple[float, str]
+"""Where a dead letter sits in the DLQ order: its ``(dead_at, id)``."""
+
+
+def position(letter: DeadLetter) -> DlqPosition:
+    """The keyset position of ``letter`` (pass it as ``after`` to get the next page)."""
+    return (letter.dead_at, letter.id)
+
+
 @dataclass(slots=True)
 class Selector:
     """Which dead letters a DLQ operation touches: all (optionally of one queue) or by id."""
@@ -180,17 +189,41 @@ class Broker(ABC):
     async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
         """Per-queue counts: for ``queues``, or for every queue the broker knows."""
 
-    @abstractmethod
     async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
+        """Dead letters, oldest first (the first page of :meth:`dlq_page`)."""
+        return await self.dlq_page(queue, limit)
 
     @abstractmethod
-    async def dlq_retry(self, selector: Selector) -> int:
-        """Move dead letters back to their queues with fresh attempts; return how many."""
+    async def dlq_page(
+        self, queue: str | None = None, limit: int = 100, after: DlqPosition | None = None
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters ordered by ``(dead_at, id)``, oldest first.
+
+        ``after`` is the :func:`position` of the last letter of the previous page:
+        the page starts right after it, so letters added or removed meanwhile never
+        shift the pages (keyset paging).
+        """
 
     @abstractmethod
-    async def dlq_purge(self, selector: Selector) -> int:
-        """Delete dead letters for good; return how many."""
+    async def dlq_get(self, ids: Sequence[str]) -> list[DeadLetter]:
+        """The dead letters among ``ids`` (live or unknown ids are left out), oldest first."""
+
+    @abstractmethod
+    async def dlq_match(self, prefix: str, limit: int = 10) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters whose id starts with ``prefix``, oldest first."""
+
+    @abstractmethod
+    async def dlq_retry(self, selector: Selector) -> list[str]:
+        """Move dead letters back to their queues with fresh attempts; return their ids."""
+
+    @abstractmethod
+    async def dlq_purge(self, selector: Selector) -> list[str]:
+        """Delete dead letters for good; return their ids."""
+
+    @abstractmethod
+    async def dlq_prune(self, dead_before: float | None = None, keep: int | None = None) -> int:
+        """Apply retention: delete dead letters that died before ``dead_before`` (epoch
+        seconds) and, per queue, all but the newest ``keep``; return how many were deleted."""
 
     @abstractmethod
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:

@@ -20,6 +20,7 @@ from .base import (
     Broker,
     DeadLetter,
     Delivery,
+    DlqPosition,
     Failure,
     Message,
     QueueStats,
@@ -244,15 +245,32 @@ class MemoryBroker(Broker):
     def _dead(self, selector: Selector) -> list[_Record]:
         if selector.all:
             return [r for r in self._records.values() if r.state == "dead" and selector.queue in (None, r.msg.queue)]
-        recs = (self._records.get(i) for i in selector.ids)
+        recs = (self._records.get(i) for i in dict.fromkeys(selector.ids))
         return [r for r in recs if r is not None and r.state == "dead"]
 
-    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        with self._lock:
-            recs = sorted(self._dead(Selector(all=True, queue=queue)), key=lambda r: r.dead_at)
-            return [_dead_letter(r) for r in recs[:limit]]
+    def _letters(self, recs: list[_Record], limit: int | None = None) -> list[DeadLetter]:
+        recs.sort(key=lambda r: (r.dead_at, r.msg.id))
+        return [_dead_letter(r) for r in recs[:limit]]
 
-    async def dlq_retry(self, selector: Selector) -> int:
+    async def dlq_page(
+        self, queue: str | None = None, limit: int = 100, after: DlqPosition | None = None
+    ) -> list[DeadLetter]:
+        with self._lock:
+            recs = self._dead(Selector(all=True, queue=queue))
+            if after is not None:
+                recs = [r for r in recs if (r.dead_at, r.msg.id) > after]
+            return self._letters(recs, max(0, limit))
+
+    async def dlq_get(self, ids: Sequence[str]) -> list[DeadLetter]:
+        with self._lock:
+            return self._letters(self._dead(Selector(ids=ids)) if ids else [])
+
+    async def dlq_match(self, prefix: str, limit: int = 10) -> list[DeadLetter]:
+        with self._lock:
+            recs = [r for r in self._dead(Selector(all=True)) if r.msg.id.startswith(prefix)]
+            return self._letters(recs, max(0, limit))
+
+    async def dlq_retry(self, selector: Selector) -> list[str]:
         now = time.time()
         with self._lock:
             recs = self._dead(selector)
@@ -262,14 +280,31 @@ class MemoryBroker(Broker):
                 rec.redelivery = MANUAL_RETRY
                 self._place(rec, now)
         self._wake()
-        return len(recs)
+        return [r.msg.id for r in recs]
 
-    async def dlq_purge(self, selector: Selector) -> int:
+    async def dlq_purge(self, selector: Selector) -> list[str]:
         with self._lock:
             recs = self._dead(selector)
             for rec in recs:
                 del self._records[rec.msg.id]
-        return len(recs)
+        return [r.msg.id for r in recs]
+
+    async def dlq_prune(self, dead_before: float | None = None, keep: int | None = None) -> int:
+        with self._lock:
+            doomed: set[str] = set()
+            per_queue: dict[str, list[_Record]] = {}
+            for rec in self._dead(Selector(all=True)):
+                if dead_before is not None and rec.dead_at < dead_before:
+                    doomed.add(rec.msg.id)
+                else:
+                    per_queue.setdefault(rec.msg.queue, []).append(rec)
+            if keep is not None:
+                for recs in per_queue.values():
+                    recs.sort(key=lambda r: (r.dead_at, r.msg.id), reverse=True)
+                    doomed.update(r.msg.id for r in recs[keep:])
+            for mid in doomed:
+                del self._records[mid]
+        return len(doomed)
 
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         now = time.time()

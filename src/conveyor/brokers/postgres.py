@@ -33,6 +33,7 @@ from .base import (
     Broker,
     DeadLetter,
     Delivery,
+    DlqPosition,
     Failure,
     Message,
     QueueStats,
@@ -288,23 +289,44 @@ class PostgresBroker(Broker):
             return self.sql.dlq_where(None, selector.queue)
         return self.sql.dlq_where(selector.ids, None)
 
-    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        if queue is None:
-            rows = await self._fetch(self.sql.dlq_list_all, {"limit": limit})
-        else:
-            rows = await self._fetch(self.sql.dlq_list_queue, {"limit": limit, "queue": queue})
+    async def _letters(self, where: str, params: dict[str, Any], limit: int | None) -> list[DeadLetter]:
+        rows = await self._fetch(self.sql.dlq_letters(where), {"limit": limit, **params})
         return [DeadLetter(*r) for r in rows]
 
-    async def dlq_retry(self, selector: Selector) -> int:
+    async def dlq_page(
+        self, queue: str | None = None, limit: int = 100, after: DlqPosition | None = None
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return await self._letters(*self.sql.dlq_where(None, queue, after=after), limit)
+
+    async def dlq_get(self, ids: Sequence[str]) -> list[DeadLetter]:
+        if not ids:
+            return []
+        return await self._letters(*self.sql.dlq_where(ids), None)
+
+    async def dlq_match(self, prefix: str, limit: int = 10) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return await self._letters(*self.sql.dlq_where(prefix=prefix), limit)
+
+    async def dlq_retry(self, selector: Selector) -> list[str]:
         where, params = self._where(selector)
-        ids = await self._notifying(
+        return await self._notifying(
             self.sql.dlq_retry(where), {"now": time.time(), "reason": MANUAL_RETRY, **params}
         )
-        return len(ids)
 
-    async def dlq_purge(self, selector: Selector) -> int:
+    async def dlq_purge(self, selector: Selector) -> list[str]:
         where, params = self._where(selector)
-        return await self._run(self.sql.dlq_purge(where), params)
+        return [r[0] for r in await self._fetch(self.sql.dlq_purge(where), params)]
+
+    async def dlq_prune(self, dead_before: float | None = None, keep: int | None = None) -> int:
+        gone = 0
+        if dead_before is not None:
+            gone += await self._run(self.sql.dlq_prune_age, {"before": dead_before})
+        if keep is not None:
+            gone += await self._run(self.sql.dlq_prune_count, {"keep": keep})
+        return gone
 
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         now = time.time()

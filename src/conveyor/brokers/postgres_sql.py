@@ -271,8 +271,12 @@ class Queries:
         )
         self.stats_all = self._stats("")
         self.stats_some = self._stats(" WHERE queue = ANY(%(queues)s::text[])")
-        self.dlq_list_all = self._dlq_list("")
-        self.dlq_list_queue = self._dlq_list(" AND queue = %(queue)s")
+        self.dlq_prune_age = f"DELETE FROM {s}.jobs WHERE state = {DEAD} AND dead_at < %(before)s"
+        self.dlq_prune_count = (
+            f"DELETE FROM {s}.jobs WHERE state = {DEAD} AND id IN (SELECT id FROM (SELECT id,"
+            " row_number() OVER (PARTITION BY queue ORDER BY dead_at DESC, id DESC) AS n"
+            f" FROM {s}.jobs WHERE state = {DEAD}) AS ranked WHERE n > %(keep)s)"
+        )
         self.acquire_lock = (
             f"INSERT INTO {s}.locks AS l (name, owner, expires_at)"
             " VALUES (%(name)s, %(owner)s, %(until)s)"
@@ -295,12 +299,13 @@ class Queries:
             f" FROM {self.schema}.jobs{where} GROUP BY queue"
         )
 
-    def _dlq_list(self, where: str) -> str:
+    def dlq_letters(self, where: str) -> str:
+        """Dead letters matching ``where`` (a :meth:`dlq_where` filter), oldest first."""
         return (
             "SELECT id, queue, type, body, attempts, COALESCE(reason, ''),"
             " COALESCE(error_type, ''), COALESCE(error_message, ''), COALESCE(traceback, ''),"
-            f" dead_at, created_at FROM {self.schema}.jobs WHERE state = {DEAD}{where}"
-            " ORDER BY dead_at, seq LIMIT %(limit)s"
+            f" dead_at, created_at FROM {self.schema}.jobs WHERE {where}"
+            " ORDER BY dead_at, id LIMIT %(limit)s"
         )
 
     def lease(self, queue_count: int) -> str:
@@ -339,16 +344,30 @@ class Queries:
         self._lease_cache[queue_count] = sql
         return sql
 
-    def dlq_where(self, ids: Sequence[str] | None, queue: str | None) -> tuple[str, dict[str, Any]]:
-        """The dead-letter filter: by id, or all (optionally of one queue)."""
+    def dlq_where(
+        self,
+        ids: Sequence[str] | None = None,
+        queue: str | None = None,
+        *,
+        prefix: str | None = None,
+        after: tuple[float, str] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """The dead-letter filter: by id, by id prefix, or all (optionally of one queue,
+        after a ``(dead_at, id)`` keyset position)."""
         where = f"state = {DEAD}"
         params: dict[str, Any] = {}
         if ids is not None:
             where += " AND id = ANY(%(ids)s::text[])"
             params["ids"] = list(ids)
-        elif queue is not None:
+        if prefix is not None:
+            where += " AND starts_with(id, %(prefix)s)"
+            params["prefix"] = prefix
+        if queue is not None:
             where += " AND queue = %(queue)s"
             params["queue"] = queue
+        if after is not None:
+            where += " AND dead_at >= %(after_at)s AND (dead_at > %(after_at)s OR id > %(after_id)s)"
+            params.update(after_at=after[0], after_id=after[1])
         return where, params
 
     def dlq_retry(self, where: str) -> str:
@@ -359,7 +378,7 @@ class Queries:
         )
 
     def dlq_purge(self, where: str) -> str:
-        return f"DELETE FROM {self.schema}.jobs WHERE {where}"
+        return f"DELETE FROM {self.schema}.jobs WHERE {where} RETURNING id"
 
 
 def _notifying(dml: str) -> str:

@@ -33,6 +33,7 @@ from .base import (
     Broker,
     DeadLetter,
     Delivery,
+    DlqPosition,
     Failure,
     Message,
     QueueStats,
@@ -64,6 +65,11 @@ def split_url(url: str) -> tuple[str, str]:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _ids(members: Any) -> list[str]:
+    """Sorted-set members (as redis-py returns them, without scores) as strings."""
+    return [_s(m) for m in members]
 
 
 class RedisBroker(Broker):
@@ -128,7 +134,7 @@ class RedisBroker(Broker):
             await client.aclose()
             raise
         names = ("ENQUEUE", "LEASE", "ACK", "NACK", "RELEASE", "DEAD", "EXTEND", "RESCUE",
-                 "DLQ_RETRY", "DLQ_PURGE", "DLQ_LIST", "LOCK_ACQUIRE", "LOCK_RELEASE")
+                 "DLQ_RETRY", "DLQ_PURGE", "DLQ_GET", "DLQ_PRUNE", "LOCK_ACQUIRE", "LOCK_RELEASE")
         self._scripts = {n: client.register_script(getattr(lua, n)) for n in names}
         self._client = client
 
@@ -239,36 +245,79 @@ class RedisBroker(Broker):
             out[q] = QueueStats(ready + due, later, max(0, int(leased or 0)), dead, age)
         return out
 
-    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+    async def dlq_page(
+        self, queue: str | None = None, limit: int = 100, after: DlqPosition | None = None
+    ) -> list[DeadLetter]:
         if limit <= 0:
             return []
-        rows = await self._run("DLQ_LIST", queue or "", limit)
-        return [
-            DeadLetter(_s(r[0]), _s(r[1]), _s(r[2]), r[3], int(r[4]), _s(r[5]), _s(r[6]),
-                       _s(r[7]), _s(r[8]), float(r[9] or 0), float(r[10] or 0))
-            for r in rows
-        ]
+        zk = self._k("dead", queue) if queue is not None else self._k("dead")
+        if after is None:
+            return await self.dlq_get(_ids(await self.client.zrange(zk, 0, limit - 1)))
+        # dead:<q> is scored by dead_at and ties sort by member: (dead_at, id) order.
+        # The ids are compared here, not in Lua, whose string order follows the locale.
+        at = repr(after[0])
+        ids = [i for i in _ids(await self.client.zrangebyscore(zk, at, at)) if i > after[1]][:limit]
+        if len(ids) < limit:
+            later = await self.client.zrangebyscore(zk, f"({at}", "+inf", start=0, num=limit - len(ids))
+            ids += _ids(later)
+        return await self.dlq_get(ids)
 
-    async def dlq_retry(self, selector: Selector) -> int:
+    async def dlq_get(self, ids: Sequence[str]) -> list[DeadLetter]:
+        unique = list(dict.fromkeys(ids))
+        letters: list[DeadLetter] = []
+        for i in range(0, len(unique), BATCH):
+            rows = await self._run("DLQ_GET", *unique[i: i + BATCH])
+            letters += (
+                DeadLetter(_s(r[0]), _s(r[1]), _s(r[2]), r[3], int(r[4]), _s(r[5]), _s(r[6]),
+                           _s(r[7]), _s(r[8]), float(r[9] or 0), float(r[10] or 0))
+                for r in rows
+            )
+        return sorted(letters, key=lambda d: (d.dead_at, d.id))
+
+    async def dlq_match(self, prefix: str, limit: int = 10) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        ids = [_s(m) async for m, _ in self.client.zscan_iter(self._k("dead"), match=pattern, count=BATCH)]
+        return (await self.dlq_get(ids))[:limit]
+
+    async def dlq_retry(self, selector: Selector) -> list[str]:
         return await self._dlq("DLQ_RETRY", selector)
 
-    async def dlq_purge(self, selector: Selector) -> int:
+    async def dlq_purge(self, selector: Selector) -> list[str]:
         return await self._dlq("DLQ_PURGE", selector)
 
-    async def _dlq(self, script: str, selector: Selector) -> int:
-        total = 0
+    async def _dlq(self, script: str, selector: Selector) -> list[str]:
+        touched: list[str] = []
         if not selector.all:
             ids = list(dict.fromkeys(selector.ids))
             for i in range(0, len(ids), BATCH):
                 done, _ = await self._run(script, repr(time.time()), "ids", "", *ids[i: i + BATCH])
-                total += int(done)
-            return total
+                touched += map(_s, done)
+            return touched
         while True:
             done, scanned = await self._run(script, repr(time.time()), "all",
                                             selector.queue or "", BATCH)
-            total += int(done)
+            touched += map(_s, done)
             if scanned < BATCH:
-                return total
+                return touched
+
+    async def dlq_prune(self, dead_before: float | None = None, keep: int | None = None) -> int:
+        gone = 0
+        if dead_before is not None:
+            while True:
+                n = int(await self._run("DLQ_PRUNE", "age", repr(dead_before), BATCH))
+                gone += n
+                if n < BATCH:
+                    break
+        if keep is not None:
+            for queue in sorted(map(_s, await self.client.smembers(self._k("queues")))):
+                while True:
+                    n = int(await self._run("DLQ_PRUNE", "count", queue, keep, BATCH))
+                    gone += n
+                    if n < BATCH:
+                        break
+        return gone
 
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         """Take or renew ``name``; the lock is a key that Redis expires after ``ttl``."""

@@ -261,10 +261,10 @@ publish(wake)
 return {back, #ids}
 """.replace("@LEASE_EXPIRED@", LEASE_EXPIRED)
 
-# ARGV: prefix, now, selection (see select_dead). Returns {moved, scanned}.
+# ARGV: prefix, now, selection (see select_dead). Returns {moved ids, scanned}.
 DLQ_RETRY = _PRELUDE + """
 local ids = select_dead()
-local moved, wake = 0, {}
+local moved, wake = {}, {}
 for _, id in ipairs(ids) do
   local q = dead_queue(id)
   if q then
@@ -274,7 +274,7 @@ for _, id in ipairs(ids) do
       'error_type', '', 'error_message', '', 'traceback', '', 'dead_at', '')
     make_ready(id, jk, q, ARGV[2])
     note(wake, q, ARGV[2])
-    moved = moved + 1
+    moved[#moved + 1] = id
   elseif ARGV[3] == 'all' then
     drop_stale(id)
   end
@@ -283,16 +283,16 @@ publish(wake)
 return {moved, #ids}
 """.replace("@MANUAL_RETRY@", MANUAL_RETRY)
 
-# ARGV: prefix, now, selection (see select_dead). Returns {deleted, scanned}.
+# ARGV: prefix, now, selection (see select_dead). Returns {deleted ids, scanned}.
 DLQ_PURGE = _PRELUDE + """
 local ids = select_dead()
-local gone = 0
+local gone = {}
 for _, id in ipairs(ids) do
   local q = dead_queue(id)
   if q then
     undead(id, q)
     redis.call('DEL', jkey(id))
-    gone = gone + 1
+    gone[#gone + 1] = id
   elseif ARGV[3] == 'all' then
     drop_stale(id)
   end
@@ -300,22 +300,55 @@ end
 return {gone, #ids}
 """
 
-# ARGV: prefix, queue or '', limit. Oldest dead letter first; each row is
-# {id, queue, type, body, attempts, reason, error type, error message, traceback,
-# dead_at, created_at}.
-DLQ_LIST = _PRELUDE + """
-local zk = P .. ':dead'
-if ARGV[2] ~= '' then zk = zk .. ':' .. ARGV[2] end
-local rows = {}
-for _, id in ipairs(redis.call('ZRANGE', zk, 0, tonumber(ARGV[3]) - 1)) do
-  local f = redis.call('HMGET', jkey(id), 'queue', 'type', 'body', 'attempts', 'reason',
-    'error_type', 'error_message', 'traceback', 'dead_at', 'created_at')
-  if f[1] then
-    rows[#rows + 1] = {id, f[1], f[2], f[3], f[4], f[5] or '', f[6] or '', f[7] or '',
-      f[8] or '', f[9] or '0', f[10] or '0'}
+_LETTERS = """
+-- The dead letters among ids, in order; each row is {id, queue, type, body, attempts,
+-- reason, error type, error message, traceback, dead_at, created_at}.
+local function letters(ids)
+  local rows = {}
+  for _, id in ipairs(ids) do
+    local f = redis.call('HMGET', jkey(id), 'state', 'queue', 'type', 'body', 'attempts', 'reason',
+      'error_type', 'error_message', 'traceback', 'dead_at', 'created_at')
+    if f[1] == 'dead' then
+      rows[#rows + 1] = {id, f[2], f[3], f[4], f[5], f[6] or '', f[7] or '', f[8] or '',
+        f[9] or '', f[10] or '0', f[11] or '0'}
+    end
+  end
+  return rows
+end
+"""
+
+# ARGV: prefix, then ids.
+DLQ_GET = _PRELUDE + _LETTERS + """
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+return letters(ids)
+"""
+
+# ARGV: prefix, 'age', dead_before, batch | 'count', queue, keep, batch.
+# Deletes at most one batch; returns how many.
+DLQ_PRUNE = _PRELUDE + """
+local ids
+if ARGV[2] == 'age' then
+  ids = redis.call('ZRANGEBYSCORE', P .. ':dead', '-inf', '(' .. ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+else
+  local zk = P .. ':dead:' .. ARGV[3]
+  local extra = redis.call('ZCARD', zk) - tonumber(ARGV[4])
+  if extra <= 0 then return 0 end
+  ids = redis.call('ZRANGE', zk, 0, math.min(extra, tonumber(ARGV[5])) - 1)
+end
+local gone = 0
+for _, id in ipairs(ids) do
+  local q = dead_queue(id)
+  if q then
+    undead(id, q)
+    redis.call('DEL', jkey(id))
+    gone = gone + 1
+  else
+    redis.call('ZREM', P .. ':dead', id)
+    if ARGV[2] ~= 'age' then redis.call('ZREM', P .. ':dead:' .. ARGV[3], id) end
   end
 end
-return rows
+return gone
 """
 
 # ARGV: prefix, lock name, owner, ttl in ms. Expiry is Redis's own key TTL.

@@ -28,6 +28,7 @@ from .base import (
     Broker,
     DeadLetter,
     Delivery,
+    DlqPosition,
     Failure,
     Message,
     QueueStats,
@@ -316,41 +317,80 @@ class SQLiteBroker(Broker):
         marks = ",".join("?" * len(selector.ids))
         return f"state = 2 AND id IN ({marks})", list(selector.ids)
 
-    async def dlq_list(self, queue: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        where, params = self._where(Selector(all=True, queue=queue))
+    _LETTER_COLS = (
+        "id, queue, type, body, attempts, reason, COALESCE(error_type, ''),"
+        " COALESCE(error_message, ''), COALESCE(traceback, ''), dead_at, created_at"
+    )
 
+    async def _letters(self, where: str, params: Sequence[Any], limit: int = -1) -> list[DeadLetter]:
         def fetch(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
-                "SELECT id, queue, type, body, attempts, reason, COALESCE(error_type, ''),"
-                " COALESCE(error_message, ''), COALESCE(traceback, ''), dead_at, created_at"
-                f" FROM conveyor_jobs WHERE {where} ORDER BY dead_at, rowid LIMIT ?",
+                f"SELECT {self._LETTER_COLS} FROM conveyor_jobs WHERE {where} ORDER BY dead_at, id LIMIT ?",
                 (*params, limit),
             ).fetchall()
             return [DeadLetter(*r) for r in rows]
 
         return await self._run(fetch)
 
-    async def dlq_retry(self, selector: Selector) -> int:
+    async def dlq_page(
+        self, queue: str | None = None, limit: int = 100, after: DlqPosition | None = None
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        where, params = self._where(Selector(all=True, queue=queue))
+        if after is not None:
+            where += " AND (dead_at > ? OR (dead_at = ? AND id > ?))"
+            params += [after[0], after[0], after[1]]
+        return await self._letters(where, params, limit)
+
+    async def dlq_get(self, ids: Sequence[str]) -> list[DeadLetter]:
+        if not ids:
+            return []
+        return await self._letters(*self._where(Selector(ids=list(dict.fromkeys(ids)))))
+
+    async def dlq_match(self, prefix: str, limit: int = 10) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return await self._letters("state = 2 AND substr(id, 1, ?) = ?", [len(prefix), prefix], limit)
+
+    async def dlq_retry(self, selector: Selector) -> list[str]:
         where, params = self._where(selector)
 
-        def revive(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
+        def revive(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
                 "UPDATE conveyor_jobs SET state = 0, attempts = 0, interruptions = 0, eta = ?, redelivery = ?,"
                 " reason = NULL, error_type = NULL, error_message = NULL, traceback = NULL,"
-                f" dead_at = NULL WHERE {where}",
+                f" dead_at = NULL WHERE {where} RETURNING id",
                 (time.time(), MANUAL_RETRY, *params),
-            )
-            return cur.rowcount
+            ).fetchall()
+            return [r[0] for r in rows]
 
         return await self._tx(revive)
 
-    async def dlq_purge(self, selector: Selector) -> int:
+    async def dlq_purge(self, selector: Selector) -> list[str]:
         where, params = self._where(selector)
 
-        def purge(conn: sqlite3.Connection) -> int:
-            return conn.execute(f"DELETE FROM conveyor_jobs WHERE {where}", params).rowcount
+        def purge(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(f"DELETE FROM conveyor_jobs WHERE {where} RETURNING id", params)]
 
         return await self._tx(purge)
+
+    async def dlq_prune(self, dead_before: float | None = None, keep: int | None = None) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            gone = 0
+            if dead_before is not None:
+                aged = conn.execute("DELETE FROM conveyor_jobs WHERE state = 2 AND dead_at < ?", (dead_before,))
+                gone += aged.rowcount
+            if keep is not None:
+                gone += conn.execute(
+                    "DELETE FROM conveyor_jobs WHERE state = 2 AND id IN (SELECT id FROM (SELECT id, row_number()"
+                    " OVER (PARTITION BY queue ORDER BY dead_at DESC, id DESC) AS n FROM conveyor_jobs"
+                    " WHERE state = 2) WHERE n > ?)",
+                    (keep,),
+                ).rowcount
+            return gone
+
+        return await self._tx(prune)
 
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         def take(conn: sqlite3.Connection) -> bool:

@@ -13,7 +13,8 @@ import click
 from rich.console import Console
 
 from ..cli import APP_HELP, load_app
-from ..history import STATES, History, history_of
+from ..deadletters import CANDIDATES_SHOWN
+from ..history import STATES, AmbiguousId, History, history_of
 from ..history import render as r
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -102,7 +103,15 @@ def jobs(
 def job(app_path: str, job_id: str, as_json: bool) -> None:
     """Show one job (id or unique prefix): every attempt and state change."""
     with _history(app_path) as history:
-        timeline = history.store.get_job(job_id)
+        try:
+            timeline = history.store.get_job(job_id)
+        except AmbiguousId:
+            found = history.store.list_jobs(id_prefix=job_id, limit=CANDIDATES_SHOWN + 1)
+            shown = ", ".join(j.id for j in found[:CANDIDATES_SHOWN])
+            more = ", ..." if len(found) > CANDIDATES_SHOWN else ""
+            raise click.ClickException(
+                f"job id prefix {job_id!r} matches several jobs: {shown}{more}; give more characters"
+            ) from None
     if timeline is None:
         raise click.ClickException(f"job {job_id!r} is not in the history")
     _emit(as_json, r.timeline_dict(timeline), lambda c: r.timeline_print(timeline, c))

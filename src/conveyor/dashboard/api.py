@@ -107,8 +107,13 @@ async def job(request: Request) -> Any:
 
 @endpoint
 async def dead_letters(request: Request) -> Any:
-    queue = request.query_params.get("queue") or None
-    return await sources_of(request).dead_letters(queue, limit(request.query_params))
+    """Dead letters, oldest first; the ``X-Next-Cursor`` header, when present, is the ``after`` of the next page."""
+    params = request.query_params
+    page = await sources_of(request).dead_letters(params.get("queue") or None, limit(params), params.get("after"))
+    response = SafeJSON(page["letters"])
+    if page["next"] is not None:
+        response.headers["X-Next-Cursor"] = page["next"]
+    return response
 
 
 @endpoint

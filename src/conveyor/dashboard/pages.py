@@ -102,8 +102,9 @@ async def _jobs(request: Request) -> dict[str, Any]:
 
 async def _dead_letters(request: Request) -> dict[str, Any]:
     queue = request.query_params.get("queue") or None
-    letters = await _sources(request).dead_letters(queue, DLQ_PAGE)
-    return {"letters": letters, "queue": queue or "", "limit": DLQ_PAGE}
+    after = request.query_params.get("after") or None
+    page = await _sources(request).dead_letters(queue, DLQ_PAGE, after)
+    return {**page, "after": after or "", "queue": queue or "", "limit": DLQ_PAGE}
 
 
 async def _clusters(request: Request) -> dict[str, Any]:
@@ -138,26 +139,30 @@ async def job(request: Request) -> Response:
     """A job's timeline from history; without history, its dead letter if it has one."""
     sources = _sources(request)
     job_id = request.path_params["job_id"]
-    if sources.history_ext is None:
-        letter = await sources.dead_letter(job_id)
-        help_text = sources.features()["history_help"]
-        if letter is None:
-            return render(request, "message.html", 404, title="Job not found", message=help_text)
-        return render(request, "dead_letter.html", letter=letter, note=help_text)
     try:
+        if sources.history_ext is None:
+            letter = await sources.dead_letter(job_id)
+            help_text = sources.features()["history_help"]
+            if letter is None:
+                return render(request, "message.html", 404, title="Job not found", message=help_text)
+            return render(request, "dead_letter.html", letter=letter, note=help_text)
         found = await sources.job(job_id)
+        if found is None:
+            letter = await sources.dead_letter(job_id)
+            if letter is not None:
+                return render(request, "dead_letter.html", letter=letter, note="This job is not in history (yet).")
+            return render(request, "message.html", 404, title="Job not found", message=f"No job {job_id!r} in history.")
     except ConveyorError as exc:  # an ambiguous id prefix
         return render(request, "message.html", 400, title="Which job?", message=str(exc))
-    if found is None:
-        letter = await sources.dead_letter(job_id)
-        if letter is not None:
-            return render(request, "dead_letter.html", letter=letter, note="This job is not in history (yet).")
-        return render(request, "message.html", 404, title="Job not found", message=f"No job {job_id!r} in history.")
     return render(request, "job.html", job=found)
 
 
 async def dead_letter(request: Request) -> Response:
-    letter = await _sources(request).dead_letter(request.path_params["job_id"])
+    """A dead letter by id or unique id prefix."""
+    try:
+        letter = await _sources(request).dead_letter(request.path_params["job_id"])
+    except ConveyorError as exc:  # an ambiguous id prefix
+        return render(request, "message.html", 400, title="Which dead letter?", message=str(exc))
     if letter is None:
         return render(request, "message.html", 404, title="Not in the DLQ", message="No dead letter with that id.")
     return render(request, "dead_letter.html", letter=letter, note="")
@@ -176,7 +181,10 @@ async def dead_letter_action(request: Request) -> Response:
     if not op or not ids:
         n, flash = 0, "Select at least one dead letter first."
     else:
-        n = await (sources.retry(ids) if op == "retry" else sources.delete(ids))
+        try:
+            n = await (sources.retry(ids) if op == "retry" else sources.delete(ids))
+        except ConveyorError as exc:  # an ambiguous id prefix
+            return render(request, "_message.html", 400, message=str(exc))
         verb = "Retried" if op == "retry" else "Deleted"
         flash = f"{verb} {n} dead letter{'s' if n != 1 else ''}."
     if not is_htmx(request):
@@ -190,7 +198,10 @@ async def dead_letter_one(request: Request) -> Response:
     if op not in ("retry", "delete"):
         return render(request, "message.html", 404, title="Not found", message="Dead letters are retried or deleted.")
     sources = _sources(request)
-    n = await (sources.retry([job_id]) if op == "retry" else sources.delete([job_id]))
+    try:
+        n = await (sources.retry([job_id]) if op == "retry" else sources.delete([job_id]))
+    except ConveyorError as exc:  # an ambiguous id prefix
+        return render(request, "message.html", 400, title="Which dead letter?", message=str(exc))
     if not is_htmx(request):
         return redirect(request, f"/dead-letters?{'retried' if op == 'retry' else 'deleted'}={n}")
     return render(request, "_dead_letter_done.html", op=op, n=n, job_id=job_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..app import App
 from ..brokers import QueueStats, Selector
+from ..deadletters import DeadLetterNotFound
 from ..history import History, HistoryStore
 from ..history import render as history_render
 from . import model
@@ -31,7 +32,6 @@ MONITOR_HELP = (
     "App(url, extensions=[History(), Monitor()]) (from conveyor.monitor import Monitor). "
     "See docs/monitoring.md."
 )
-DLQ_SCAN = 10_000
 
 
 class Disabled(Exception):
@@ -87,36 +87,33 @@ class Sources:
                 self.samples.add_worker(w.id, w.last_heartbeat, w.rss_bytes, w.cpu_percent)
             self.samples.forget_workers({w.id for w in workers})
 
-    async def dead_letters(self, queue: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        broker = await self.app.broker()
-        letters = await broker.dlq_list(queue, limit)
-        return [model.dead_letter_dict(self.app, d, self.redactor, self.trace_url) for d in letters]
+    async def dead_letters(
+        self, queue: str | None = None, limit: int = 500, after: str | None = None
+    ) -> dict[str, Any]:
+        """A page of dead letters, oldest first, and the cursor of the next page (or None)."""
+        page = await self.app.dead_letters.page(queue, limit, after)
+        letters = [model.dead_letter_dict(self.app, d, self.redactor, self.trace_url) for d in page.letters]
+        return {"letters": letters, "next": page.next}
 
-    async def dead_letter(self, job_id: str, queue: str | None = None) -> dict[str, Any] | None:
-        """One dead letter by id (the broker lists; it has no lookup by id)."""
-        broker = await self.app.broker()
-        for d in await broker.dlq_list(queue, DLQ_SCAN):
-            if d.id == job_id:
-                return model.dead_letter_dict(self.app, d, self.redactor, self.trace_url)
-        return None
+    async def dead_letter(self, job_id: str) -> dict[str, Any] | None:
+        """One dead letter by id or unique id prefix (None when there is none)."""
+        try:
+            letter = await self.app.dead_letters.get(job_id)
+        except DeadLetterNotFound:
+            return None
+        return model.dead_letter_dict(self.app, letter, self.redactor, self.trace_url)
 
     async def retry(self, ids: Sequence[str]) -> int:
-        """Send dead letters back to their queues; history records the manual retry."""
-        ids = list(dict.fromkeys(ids))
+        """Send dead letters back to their queues (ids already gone are skipped)."""
         if not ids:
             return 0
-        broker = await self.app.broker()
-        n = await broker.dlq_retry(Selector(ids=ids))
-        if n and self.history_ext is not None:
-            await asyncio.to_thread(self.history_ext.record_manual_retry, ids)
-        return n
+        return len(await self.app.dead_letters.retry(Selector(ids=ids), requested_by="dashboard", missing_ok=True))
 
     async def delete(self, ids: Sequence[str]) -> int:
-        ids = list(dict.fromkeys(ids))
+        """Delete dead letters for good (ids already gone are skipped)."""
         if not ids:
             return 0
-        broker = await self.app.broker()
-        return await broker.dlq_purge(Selector(ids=ids))
+        return len(await self.app.dead_letters.purge(Selector(ids=ids), requested_by="dashboard", missing_ok=True))
 
     async def retry_cluster(self, fingerprint: str) -> tuple[int, int]:
         """Retry the dead jobs of a failure cluster; returns (retried, dead jobs found)."""
@@ -156,7 +153,7 @@ class Sources:
             return None
         data = history_render.timeline_dict(timeline)
         data["dead_letter"] = (
-            await self.dead_letter(timeline.job.id, timeline.job.queue) if timeline.job.state == "dead" else None
+            await self.dead_letter(timeline.job.id) if timeline.job.state == "dead" else None
         )
         return data
 

@@ -108,6 +108,7 @@ class History:
         self.url = history_url(app.url, self._url)
         app.bus.subscribe(self.recorder.sink, JOB_SIGNALS)
         app.bus.subscribe(self._worker_stopped, (sig.WORKER_STOPPED,))
+        app.bus.subscribe(self._dlq_retried, (sig.DLQ_RETRIED,))
         app.worker_services.append(WorkerHeartbeat(self))
 
     @property
@@ -129,10 +130,15 @@ class History:
         """Apply the retention rules now; returns how many jobs were deleted."""
         return self.recorder.prune()
 
-    def record_manual_retry(self, job_ids: Sequence[str]) -> None:
-        """Record that dead jobs were sent back to their queues (by ``dlq retry`` or a dashboard)."""
+    def record_manual_retry(self, job_ids: Sequence[str], at: float | None = None) -> None:
+        """Record that dead jobs were sent back to their queues (done for every ``dlq.retried``)."""
         self.flush()
-        self.store.manual_retry(job_ids, time.time())
+        self.store.manual_retry(job_ids, time.time() if at is None else at)
+
+    def _dlq_retried(self, event: sig.Event) -> None:
+        # Synchronous on purpose: the App emits dlq.retried from a worker thread and
+        # returns once sinks are done, so the CLI never exits before this is written.
+        self.record_manual_retry([i for i in event.get("job_ids", "").split(",") if i], event.timestamp)
 
     async def _worker_stopped(self, event: sig.Event) -> None:
         def stopped() -> None:

@@ -77,13 +77,14 @@ WHERE job_id = ? AND attempt = ? AND worker_id = ? AND (finished_at IS NULL OR o
 """
 
 # A manual retry seen by the worker that runs the job again, unless one was already
-# recorded (by ``conveyor dlq retry``) since the job last went dead.
+# recorded (from ``dlq.retried``) since the job last went dead before this start: the
+# same batch may hold a later death of this very run.
 _MANUAL_RETRY_SEEN = """
 INSERT INTO {events} (job_id, type, queue, at, kind, attempt, worker_id, detail)
 SELECT ?, ?, ?, ?, 'manual_retry', 0, '', '{{}}'
 WHERE NOT EXISTS (
     SELECT 1 FROM {events} e WHERE e.job_id = ? AND e.kind = 'manual_retry'
-    AND e.at >= COALESCE((SELECT MAX(d.at) FROM {events} d WHERE d.job_id = ? AND d.kind = 'dead'), 0)
+    AND e.at >= COALESCE((SELECT MAX(d.at) FROM {events} d WHERE d.job_id = ? AND d.kind = 'dead' AND d.at <= ?), 0)
 )
 """
 
@@ -189,7 +190,7 @@ class _Batch:
             None, None, None, None,
         ]  # fmt: skip
         if c.redelivery == MANUAL_RETRY:
-            self.manual.append((c.job_id, c.job_type, c.queue, c.at, c.job_id, c.job_id))
+            self.manual.append((c.job_id, c.job_type, c.queue, c.at, c.job_id, c.job_id, c.at))
 
     def finished(self, c: Change) -> None:
         error = _error_fields(c)

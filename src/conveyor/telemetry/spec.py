@@ -23,8 +23,8 @@ SignalRef = Signal | str
 SignalRefs = SignalRef | Sequence[SignalRef]
 
 KINDS = ("counter", "histogram", "gauge")
-UNBOUNDED_KEYS = frozenset({"job_id"})
-"""Keys with one value per job: never metric labels."""
+UNBOUNDED_KEYS = frozenset({"job_id", "job_ids"})
+"""Keys with one value per job (or per set of jobs): never metric labels."""
 _UNBOUNDED_KINDS = frozenset({"float", "duration", "error"})
 _NUMERIC_KINDS = frozenset({"int", "float", "duration"})
 _BUILTIN = {s.name: s for s in sig.BUILTIN}

@@ -53,5 +53,11 @@ STANDARD_METRICS: tuple[Metric, ...] = (
     Metric(sig.WORKER_THREAD_STUCK, "conveyor_worker_threads_stuck", kind="gauge",
            decrement=sig.WORKER_THREAD_RETURNED, labels=_JOB,
            description="Worker threads still running a sync handler past its timeout."),
+    Metric(sig.DLQ_RETRIED, "conveyor_dead_letters_retried_total", value_key="count",
+           labels=["requested_by"], description="Dead letters sent back to their queues, by who asked."),
+    Metric(sig.DLQ_PURGED, "conveyor_dead_letters_purged_total", value_key="count",
+           labels=["requested_by"], description="Dead letters deleted for good, by who asked."),
+    Metric(sig.DLQ_PRUNED, "conveyor_dead_letters_pruned_total", value_key="count",
+           description="Dead letters deleted by retention (max_age, max_per_queue)."),
 )
 """``conveyor_*`` metrics labelled by queue and job type (never by job id)."""

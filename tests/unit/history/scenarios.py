@@ -94,8 +94,7 @@ def manual_retry_is_recorded(make_app: MakeApp) -> None:
     run_until_idle(app)
     assert store_of(app).get_job(job_id).job.state == "dead"
     fixed.set()
-    assert app.dlq_retry(Selector(ids=[job_id])) == 1
-    history_of(app).record_manual_retry([job_id])
+    assert app.dlq_retry(Selector(ids=[job_id])) == [job_id]  # History records it from dlq.retried
     assert store_of(app).get_job(job_id).job.state == "enqueued"
     run_until_idle(app)
     t = store_of(app).get_job(job_id)
@@ -109,7 +108,7 @@ def manual_retry_is_recorded(make_app: MakeApp) -> None:
 
 
 def manual_retry_seen_by_the_worker(make_app: MakeApp) -> None:
-    """A retry made without telling history (app.dlq_retry) is recorded when the job runs again."""
+    """A retry made straight on the broker (without the App's dlq.retried) is recorded when the job runs again."""
     app = make_app()
 
     @app.job(max_attempts=1)
@@ -119,11 +118,29 @@ def manual_retry_seen_by_the_worker(make_app: MakeApp) -> None:
 
     job_id = once.send(1)
     run_until_idle(app)
-    app.dlq_retry(Selector(ids=[job_id]))
+    app.run(lambda broker: broker.dlq_retry(Selector(ids=[job_id])))
     run_until_idle(app)
     t = store_of(app).get_job(job_id)
-    assert [e.kind for e in t.events].count("manual_retry") == 1
+    assert [e.kind for e in t.events].count("manual_retry") == 1, [e.kind for e in t.events]
     assert t.attempts[-1].redelivery == MANUAL_RETRY
+
+
+def manual_retry_recorded_at_once_is_not_recorded_again_by_the_worker(make_app: MakeApp) -> None:
+    """The retried run dies again in the same write batch as its start: still one manual_retry."""
+    app = make_app()
+
+    @app.job(max_attempts=1)
+    def once(n: int) -> None:
+        raise RuntimeError("fails every time")
+
+    job_id = once.send(1)
+    run_until_idle(app)
+    app.dlq_retry(Selector(ids=[job_id]))
+    history_of(app).record_manual_retry([job_id])  # as `dlq retry` always did; a no-op the second time
+    run_until_idle(app)
+    t = store_of(app).get_job(job_id)
+    kinds = [e.kind for e in t.events]
+    assert kinds == ["enqueued", "started", "failed", "dead", "manual_retry", "started", "failed", "dead"], kinds
 
 
 def lease_expiry_is_recorded(make_app: MakeApp) -> None:
@@ -297,6 +314,7 @@ ALL = (
     dead_job_with_error_and_fingerprint,
     manual_retry_is_recorded,
     manual_retry_seen_by_the_worker,
+    manual_retry_recorded_at_once_is_not_recorded_again_by_the_worker,
     lease_expiry_is_recorded,
     retention_prunes_old_jobs,
     failure_clusters_and_retry_loops,

@@ -21,6 +21,10 @@ def test_manual_retry_seen_by_the_worker(make_app: s.MakeApp) -> None:
     s.manual_retry_seen_by_the_worker(make_app)
 
 
+def test_manual_retry_recorded_at_once_is_not_recorded_again_by_the_worker(make_app: s.MakeApp) -> None:
+    s.manual_retry_recorded_at_once_is_not_recorded_again_by_the_worker(make_app)
+
+
 def test_lease_expiry_is_recorded(make_app: s.MakeApp) -> None:
     s.lease_expiry_is_recorded(make_app)
 

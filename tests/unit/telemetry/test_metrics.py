@@ -70,6 +70,8 @@ def test_standard_set_has_every_documented_name_and_never_a_job_id_label() -> No
         "conveyor_queue_latency_seconds", "conveyor_jobs_in_progress", "conveyor_workers",
         "conveyor_worker_errors_total",
         "conveyor_worker_threads_stuck",
+        "conveyor_dead_letters_retried_total", "conveyor_dead_letters_purged_total",
+        "conveyor_dead_letters_pruned_total",
     }
     _, reg = standard_app()
     text = generate_latest(reg).decode()
