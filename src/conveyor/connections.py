@@ -88,7 +88,10 @@ async def _guard(opened: _Opened) -> AsyncGenerator[None, None]:
     finally:
         if opened.guard is not None:  # finalised by the loop's shutdown, not by _close()
             opened.guard = None
-            await opened.closing()
+            try:
+                await opened.closing()
+            except Exception as exc:
+                _report(0, [exc])
 
 
 class Connections:
