@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 from . import signals as sig
-from .brokers import Broker, DeadLetter, Message, QueueStats, Selector, open_broker
+from .brokers import Broker, DeadLetter, Message, QueueStats, Selector
 from .brokers.factory import broker_class
+from .connections import Connections
 from .deadletters import DeadLetterPage, DeadLetters, Retention, RetentionService
 from .errors import UnknownJob
 from .job import DEFAULT_MAX_MESSAGE_SIZE, Job, check_json, encode, new_id
@@ -49,6 +48,10 @@ class App:
     ``dead_letter_retention`` (see :class:`~conveyor.deadletters.Retention`: 7 days
     and 100,000 per queue by default, ``None`` to keep every dead letter) is
     applied by workers.
+
+    The app owns its broker connections (see :mod:`conveyor.connections`): one
+    per event loop for Redis and PostgreSQL, closed when that loop ends, by
+    :meth:`aclose` / ``async with`` / :meth:`close`, or at interpreter exit.
     """
 
     def __init__(
@@ -70,9 +73,7 @@ class App:
         self.middleware: list[Middleware] = list(middleware)
         self.registry: dict[str, JobDef] = {}
         self._portal = Portal()
-        self._lock = threading.Lock()
-        self._shared: Broker | None = None
-        self._per_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Broker]] = {}
+        self._connections = Connections(self.url, self._broker_cls.loop_bound, self._portal)
         self.worker_services: list[WorkerService] = []
         self.dead_letters = DeadLetters(self, dead_letter_retention)
         if dead_letter_retention is not None:
@@ -245,33 +246,10 @@ class App:
         """Emit a signal (built-in or your own) on this app's bus."""
         self.bus.emit(signal, **attrs)
 
-    # -- broker access ------------------------------------------------------
+    # -- broker access and lifecycle ------------------------------------------
     async def broker(self) -> Broker:
-        """The connected broker for the running event loop."""
-        if self._shared is not None:
-            return self._shared
-        if not self._broker_cls.loop_bound:
-            with self._lock:
-                if self._shared is None:
-                    self._shared = open_broker(self.url)
-                shared = self._shared
-            await shared.connect()
-            return shared
-        loop = asyncio.get_running_loop()
-        task = self._per_loop.get(loop)
-        if task is None:
-            task = self._per_loop[loop] = loop.create_task(self._open())
-        return await task
-
-    async def _open(self) -> Broker:
-        broker = open_broker(self.url)
-        try:
-            await broker.connect()
-        except BaseException:
-            # Forget the failed attempt: the next call connects again, and close() has nothing to close.
-            self._per_loop.pop(asyncio.get_running_loop(), None)
-            raise
-        return broker
+        """The connected broker for the running event loop (opened on first use, owned by the app)."""
+        return await self._connections.broker()
 
     def run(self, coro_fn: Callable[[Broker], Any]) -> Any:
         """Run ``await coro_fn(broker)`` from sync code (used by the CLI)."""
@@ -282,20 +260,22 @@ class App:
         return self._portal.call(call())
 
     async def aclose(self) -> None:
-        """Close this loop's broker connection."""
-        loop = asyncio.get_running_loop()
-        task = self._per_loop.pop(loop, None)
-        if task is not None:
-            await (await task).close()
+        """Close every connection the app opened, on any loop; the app reopens them when used again."""
+        await self._connections.aclose()
 
     def close(self) -> None:
-        """Close every connection and stop the background loop."""
-        if self._portal.started:
-            self._portal.call(self.aclose())
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            asyncio.run(shared.close())
-        self._portal.stop()
+        """Close every connection and stop the background loop (also run at exit).
+
+        Inside a running event loop it does not block on that loop: its
+        connections close in a task; ``await app.aclose()`` waits for them.
+        """
+        self._connections.close()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     # -- operations (sync facade used by the CLI and scripts) ---------------
     async def stats_async(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:

@@ -9,13 +9,22 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Seconds :meth:`Portal.stop` waits for the loop to shut down.
+STOP_TIMEOUT = 10.0
+
 
 class Portal:
-    """Runs coroutines on a private loop in a daemon thread, started on first use."""
+    """Runs coroutines on a private loop in a daemon thread, started on first use.
+
+    The loop runs under ``asyncio.run``, so stopping it shuts it down like any
+    other: pending tasks are cancelled and async generators finalised (which
+    closes the brokers opened on it) before the loop is closed.
+    """
 
     def __init__(self, name: str = "conveyor-portal") -> None:
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -23,24 +32,19 @@ class Portal:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
                 ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                self._thread = threading.Thread(target=run, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=asyncio.run, args=(self._serve(ready),), name=self._name, daemon=True)
+                self._thread = thread
+                thread.start()
                 ready.wait()
-                self._loop = loop
+            assert self._loop is not None
             return self._loop
 
-    @property
-    def started(self) -> bool:
-        """True once the loop runs (after the first :meth:`call`)."""
-        return self._loop is not None
+    async def _serve(self, ready: threading.Event) -> None:
+        stop = self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        ready.set()
+        await stop.wait()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the portal loop and block until it returns."""
@@ -51,10 +55,15 @@ class Portal:
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def stop(self) -> None:
+        """Shut the loop down and wait (up to :data:`STOP_TIMEOUT` s) unless called from it."""
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=5)
-            loop.close()
+            loop, stop, thread = self._loop, self._stop, self._thread
+            self._loop = self._stop = self._thread = None
+        if loop is None or stop is None or thread is None:
+            return
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # already closed
+            return
+        if thread is not threading.current_thread():
+            thread.join(timeout=STOP_TIMEOUT)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,7 @@ class PostgresBroker(Broker):
         self.settings = settings
         self.sql = Queries(settings)
         self._pool: AsyncConnectionPool[Conn] | None = None
+        self._pooled: weakref.WeakSet[Conn] = weakref.WeakSet()
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: Conn | None = None
         self._wake = asyncio.Event()
@@ -102,21 +104,35 @@ class PostgresBroker(Broker):
             min_size=self.settings.pool_min,
             max_size=self.settings.pool_max,
             kwargs={"autocommit": True},
+            configure=self._track,
             open=False,
             name=f"conveyor-{self.settings.schema}",
         )
         await pool.open(wait=self.settings.pool_min > 0)
         self._pool = pool
 
+    async def _track(self, conn: Conn) -> None:
+        self._pooled.add(conn)
+
     async def close(self) -> None:
-        """Stop listening and close every connection."""
+        """Stop listening and close every connection, also those lent out of the pool."""
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
             await asyncio.wait([listener])
         pool, self._pool = self._pool, None
-        if pool is not None:
+        if pool is None:
+            return
+        try:
             await pool.close()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            # Not us: the loop is shutting down (asyncio.run) and already cancelled the
+            # pool's own tasks, so pool.close() gave up before closing its connections.
+        for conn in list(self._pooled):
+            await conn.close()
 
     async def migrate(self) -> None:
         """Create or upgrade the schema to this release's version; safe to run anywhere, any time.

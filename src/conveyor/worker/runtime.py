@@ -224,7 +224,6 @@ class Worker:
             threads.stop()
             emit(sig.WORKER_STOPPED, worker_id=self.id, reason=self._reason)
             await self.app.bus.drain()
-            await self.app.aclose()
         return WorkerResult(self.id, self._reason, executor.counters, abandoned)
 
     async def _fetch(self, broker: Broker, buffer: asyncio.Queue[Delivery | None], slot_freed: asyncio.Event) -> None:
