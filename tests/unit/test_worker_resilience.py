@@ -409,7 +409,7 @@ def failing_broker(request: pytest.FixtureRequest) -> Iterator[FailsOnce]:
 @pytest.fixture
 def failing_app(failing_broker: FailsOnce) -> Iterator[App]:
     a = App("memory://")
-    a._shared = failing_broker  # the app uses this (real) broker instead of opening its own
+    a._connections._shared = failing_broker  # the app uses this (real) broker instead of opening its own
     yield a
     a.close()
 
