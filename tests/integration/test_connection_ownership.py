@@ -194,10 +194,6 @@ async def test_close_inside_a_running_loop_returns_and_closes_that_loops_connect
 # -- an embedded worker leaves its host's connection alone ---------------------
 
 
-# PostgreSQL only: on Redis, redis-py can swallow the cancellation of a command
-# (redis/redis-py#2028), which keeps an embedded worker's housekeeping task alive
-# after a stop request; that is a worker-shutdown matter of its own.
-@pytest.mark.parametrize("server", ["postgres"], indirect=True)
 async def test_embedded_worker_stopping_leaves_the_web_apps_connection_open(server: Server) -> None:
     app = server.app()
     done = asyncio.Event()
