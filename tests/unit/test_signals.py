@@ -136,5 +136,7 @@ def test_builtin_signals_are_documented() -> None:
         "worker.stopped",
         "worker.idle",
         "worker.busy",
+        "job.lease_lost",
+        "job.ack_refused",
     }
     assert all(s.description for s in sig.BUILTIN)

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from ..job import Job, decode
 from ..middleware import chain
 from ..registry import JobDef
 from ..signals import ErrorInfo
-from .acker import Acker
+from .acker import Acker, Finished
 from .threads import ThreadRunner
 
 if TYPE_CHECKING:
@@ -37,6 +37,13 @@ class Counters:
     failed: int = 0
     retried: int = 0
     dead: int = 0
+    ack_refused: int = 0
+    """Finished jobs whose ack was refused: their lease was lost, another worker may run them."""
+
+
+def log_fields(d: Delivery, job_type: str, worker_id: str) -> dict[str, Any]:
+    """The job context of a log line about ``d`` (lifted to the top level of JSON logs)."""
+    return {"job_id": d.id, "job_type": job_type, "queue": d.queue, "attempt": d.attempts, "worker_id": worker_id}
 
 
 def _failure(info: ErrorInfo) -> Failure:
@@ -54,10 +61,13 @@ class Executor:
         threads: ThreadRunner,
         worker_id: str,
         on_retry: Callable[[float], None],
+        on_lease_lost: Callable[[Delivery, str], None],
     ) -> None:
         self.app, self.broker, self.acker, self.threads = app, broker, acker, threads
         self.worker_id = worker_id
         self.on_retry = on_retry
+        self.on_lease_lost = on_lease_lost
+        acker.settle = self.settled
         self.counters = Counters()
         self.bus = app.bus
 
@@ -107,10 +117,26 @@ class Executor:
             return
         finally:
             _current.reset(token)
-        self.acker.add(d)
-        self.counters.completed += 1
-        if bus.wants(sig.JOB_COMPLETED):
-            self._emit(sig.JOB_COMPLETED, d, job.type, duration=time.time() - start)
+        # completed once the broker takes the ack (see settled): a run whose lease was
+        # lost meanwhile is refused there, and another worker's run is the one that counts
+        self.acker.add(d, job.type, time.time() - start)
+
+    def settled(self, acked: Sequence[Finished], refused: Sequence[Finished]) -> None:
+        """The acker's report: count and announce completed jobs, and refused acks."""
+        self.counters.completed += len(acked)
+        if acked and self.bus.wants(sig.JOB_COMPLETED):
+            for d, job_type, duration in acked:
+                self._emit(sig.JOB_COMPLETED, d, job_type, duration=duration)
+        for d, job_type, duration in refused:
+            self.counters.ack_refused += 1
+            log.warning(
+                "job %s (%s) attempt %d finished after its lease was lost; the ack was refused and"
+                " the run does not count as completed (another worker may run the job)",
+                d.id, job_type, d.attempts, extra=log_fields(d, job_type, self.worker_id),
+            )
+            self.on_lease_lost(d, "ack")
+            if self.bus.wants(sig.JOB_ACK_REFUSED):
+                self._emit(sig.JOB_ACK_REFUSED, d, job_type, duration=duration)
 
     async def _call(self, definition: JobDef, job: Job, ctx: JobContext) -> Any:
         async def handler() -> Any:

@@ -18,7 +18,7 @@ from ..brokers import WORKER_SHUTDOWN, Broker, Delivery
 from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
-from .executor import Counters, Executor
+from .executor import Counters, Executor, log_fields
 from .threads import ThreadRunner
 
 if TYPE_CHECKING:
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 T = TypeVar("T")
+
+#: Lost leases a worker remembers (so each is reported once); they are rare.
+_LOST_MEMORY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class Worker:
         self._started_at: dict[str, float] = {}
         self.started_at = time.time()
         self._buffered: dict[str, Delivery] = {}
+        self._lost: dict[tuple[str, str], None] = {}
+        self._claim: str | None = None
+        """The claim of a lease call that raised, until a call with it succeeds."""
         self._retry_horizon = 0.0
         self._reason = "stopped"
 
@@ -141,7 +147,9 @@ class Worker:
         self.app.bus.bind_loop(asyncio.get_running_loop())
         acker = Acker(broker)
         threads = ThreadRunner(asyncio.get_running_loop(), c.concurrency)
-        executor = Executor(self.app, broker, acker, threads, self.id, self._note_retry)
+        executor = Executor(
+            self.app, broker, acker, threads, self.id, self._note_retry, self._lease_lost
+        )
         buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
         slot_freed = asyncio.Event()
         emit = self.app.bus.emit
@@ -161,6 +169,8 @@ class Worker:
                 if d is None:
                     return
                 self._buffered.pop(d.id, None)
+                if (d.id, d.lease_token) in self._lost:
+                    continue  # lost before it started: whoever holds the lease runs it
                 if not self._running:
                     emit(sig.WORKER_BUSY, worker_id=self.id, in_flight=1)
                 self._running[d.id] = d
@@ -209,12 +219,17 @@ class Worker:
                 slot_freed.clear()
                 await self._until(slot_freed.wait(), None)
                 continue
+            # A claim per call; a call that raised is repeated with its claim, so a
+            # lease the broker committed before the reply was lost is not leased again.
+            claim = self._claim or str(uuid_utils.uuid4())
             try:
-                batch = await broker.lease(self.queues, free, c.visibility_timeout)
+                batch = await broker.lease(self.queues, free, c.visibility_timeout, claim=claim)
             except Exception:
-                log.exception("lease failed; retrying in %.1fs", c.poll_interval)
+                self._claim = claim
+                log.exception("lease failed; retrying in %.1fs with the same claim", c.poll_interval)
                 await self._until(asyncio.sleep(c.poll_interval), None)
                 continue
+            self._claim = None
             if batch:
                 idle_wait = 0.01
                 swept = False
@@ -260,6 +275,13 @@ class Worker:
     ) -> int:
         """Give back unstarted jobs, let running ones finish, then requeue stragglers."""
         unstarted = []
+        if self._claim is not None:  # a lease reply was lost: give back what that claim holds
+            claimed = await _quietly(
+                broker.lease(self.queues, self.capacity, self.config.visibility_timeout, claim=self._claim),
+                "recover the jobs of a lost lease reply",
+            )
+            self._claim = None
+            unstarted += claimed or []
         while not buffer.empty():
             d = buffer.get_nowait()
             if d is not None:
@@ -302,9 +324,46 @@ class Worker:
         vt = self.config.visibility_timeout
         while True:
             await asyncio.sleep(vt / 3)
-            live = [*self._running.values(), *self._buffered.values()]
+            live = {d.id: d for d in [*self._buffered.values(), *self._running.values()]}
             if live:
-                await _quietly(broker.extend(live, vt), "extend leases")
+                lost = await _quietly(broker.extend(list(live.values()), vt), "extend leases")
+                for job_id in lost or ():
+                    self._lease_lost(live[job_id], "extend")
+
+    def _lease_lost(self, d: Delivery, detected_by: str) -> None:
+        """Report (once) that the lease of ``d`` was lost; drop ``d`` if it has not started.
+
+        A running job is left to finish: stopping it half-way could do more harm
+        than finishing, and its ack is refused, so it is not counted twice.
+        """
+        key = (d.id, d.lease_token)
+        if key in self._lost:
+            return
+        self._lost[key] = None
+        if len(self._lost) > _LOST_MEMORY:
+            del self._lost[next(iter(self._lost))]
+        started = self._running.get(d.id) is d or detected_by == "ack"
+        if self._buffered.get(d.id) is d:
+            del self._buffered[d.id]
+        if detected_by == "extend":  # a refused ack has a log line of its own
+            log.warning(
+                "job %s (%s) attempt %d lost its lease: the heartbeat could not renew it; %s",
+                d.id, d.type, d.attempts,
+                "it runs on, its ack will be refused and another worker may run it" if started
+                else "it will not run here",
+                extra=log_fields(d, d.type, self.id),
+            )
+        if self.app.bus.wants(sig.JOB_LEASE_LOST):
+            self.app.bus.emit(
+                sig.JOB_LEASE_LOST,
+                job_id=d.id,
+                job_type=d.type,
+                queue=d.queue,
+                attempt=d.attempts,
+                worker_id=self.id,
+                detected_by=detected_by,
+                started=started,
+            )
 
     async def _housekeeping(self, broker: Broker) -> None:
         c = self.config
