@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 
 from conveyor import App, Worker, WorkerConfig
-from conveyor.brokers import Delivery
+from conveyor.brokers import WORKER_SHUTDOWN, Delivery
+from conveyor.brokers.memory import MemoryBroker
 from conveyor.testing import capture_signals
 
 VT = 0.3  # the heartbeat renews every VT / 3 seconds
@@ -102,3 +104,41 @@ async def test_a_prefetched_job_whose_lease_was_lost_does_not_run_here(app: App)
     lost = {e.attrs["job_id"]: e.attrs["started"] for e in events.named("job.lease_lost")}
     assert lost[second_id] is False
     assert second_id not in {e.attrs["job_id"] for e in events.named("job.started")}
+
+
+class RepliesLost(MemoryBroker):
+    """A memory broker whose first lease that took messages commits and then raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = asyncio.Event()
+
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float, *, claim: str | None = None
+    ) -> list[Delivery]:
+        taken = await super().lease(queues, limit, visibility_timeout, claim=claim)
+        if taken and not self.lost.is_set():
+            self.lost.set()
+            raise ConnectionError("connection lost before the lease reply arrived")
+        return taken
+
+
+async def test_a_worker_stopping_after_a_lost_lease_reply_gives_back_what_the_claim_holds() -> None:
+    app = App("memory://")
+    broker = app._shared = RepliesLost()
+
+    @app.job(max_attempts=1)
+    async def never_delivered() -> None:
+        raise AssertionError("no lease reply ever arrived")
+
+    job_id = await never_delivered.send_async()
+    # the stop comes while the worker waits to repeat the failed lease call
+    worker = Worker(app, WorkerConfig(poll_interval=30.0, visibility_timeout=30.0))
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(broker.lost.wait(), 10)
+    worker.request_stop()
+    await asyncio.wait_for(run, 10)
+    s = (await broker.stats(["default"]))["default"]
+    assert (s.ready, s.in_flight) == (1, 0)
+    [again] = await MemoryBroker.lease(broker, ["default"], 1, 30.0)
+    assert (again.id, again.attempts, again.redelivery) == (job_id, 1, WORKER_SHUTDOWN)
