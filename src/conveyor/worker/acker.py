@@ -10,8 +10,9 @@ from ..brokers import Broker, Delivery
 
 log = logging.getLogger("conveyor.worker")
 
-Finished = tuple[Delivery, str, float]
-"""A finished delivery with its job type and the attempt's duration."""
+Finished = tuple[Delivery, str, float, bool]
+"""A finished delivery: its job type, the attempt's duration, and whether it was
+already counted as completed (its lease was surely live when it finished)."""
 Settle = Callable[[Sequence[Finished], Sequence[Finished]], None]
 """Told, after each ack round trip, which finished jobs were acked and which refused."""
 
@@ -36,8 +37,8 @@ class Acker:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def add(self, delivery: Delivery, job_type: str = "", duration: float = 0.0) -> None:
-        self._pending.append((delivery, job_type, duration))
+    def add(self, delivery: Delivery, job_type: str = "", duration: float = 0.0, counted: bool = True) -> None:
+        self._pending.append((delivery, job_type, duration, counted))
         self._idle.clear()
         self._wake.set()
 

@@ -62,11 +62,13 @@ class Executor:
         worker_id: str,
         on_retry: Callable[[float], None],
         on_lease_lost: Callable[[Delivery, str], None],
+        lease_live: Callable[[Delivery], bool],
     ) -> None:
         self.app, self.broker, self.acker, self.threads = app, broker, acker, threads
         self.worker_id = worker_id
         self.on_retry = on_retry
         self.on_lease_lost = on_lease_lost
+        self.lease_live = lease_live
         acker.settle = self.settled
         self.counters = Counters()
         self.bus = app.bus
@@ -117,21 +119,32 @@ class Executor:
             return
         finally:
             _current.reset(token)
-        # completed once the broker takes the ack (see settled): a run whose lease was
-        # lost meanwhile is refused there, and another worker's run is the one that counts
-        self.acker.add(d, job.type, time.time() - start)
+        duration = time.time() - start
+        if self.lease_live(d):
+            self.acker.add(d, job.type, duration)
+            self._completed(d, job.type, duration)
+        else:  # the lease may be lost: completion waits for the broker to take the ack
+            self.acker.add(d, job.type, duration, counted=False)
+
+    def _completed(self, d: Delivery, job_type: str, duration: float) -> None:
+        self.counters.completed += 1
+        if self.bus.wants(sig.JOB_COMPLETED):
+            self._emit(sig.JOB_COMPLETED, d, job_type, duration=duration)
 
     def settled(self, acked: Sequence[Finished], refused: Sequence[Finished]) -> None:
-        """The acker's report: count and announce completed jobs, and refused acks."""
-        self.counters.completed += len(acked)
-        if acked and self.bus.wants(sig.JOB_COMPLETED):
-            for d, job_type, duration in acked:
-                self._emit(sig.JOB_COMPLETED, d, job_type, duration=duration)
-        for d, job_type, duration in refused:
+        """The acker's report: complete the jobs that waited for their ack; announce refused acks.
+
+        A refused ack means another worker holds the job; a run that waited for
+        its ack is then not counted as completed, so the job is not counted twice.
+        """
+        for d, job_type, duration, counted in acked:
+            if not counted:
+                self._completed(d, job_type, duration)
+        for d, job_type, duration, _ in refused:
             self.counters.ack_refused += 1
             log.warning(
-                "job %s (%s) attempt %d finished after its lease was lost; the ack was refused and"
-                " the run does not count as completed (another worker may run the job)",
+                "job %s (%s) attempt %d finished after its lease was lost; the ack was refused"
+                " (another worker may run the job)",
                 d.id, job_type, d.attempts, extra=log_fields(d, job_type, self.worker_id),
             )
             self.on_lease_lost(d, "ack")

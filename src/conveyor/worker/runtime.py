@@ -112,8 +112,10 @@ class Worker:
         self.started_at = time.time()
         self._buffered: dict[str, Delivery] = {}
         self._lost: dict[tuple[str, str], None] = {}
-        self._claim: str | None = None
-        """The claim of a lease call that raised, until a call with it succeeds."""
+        self._claim: tuple[str, float] | None = None
+        """The claim of a lease call that raised (and when it was first sent), until one succeeds."""
+        self._renewed: dict[str, float] = {}
+        """Job id -> monotonic time before the call that last set its lease deadline."""
         self._retry_horizon = 0.0
         self._reason = "stopped"
 
@@ -148,7 +150,7 @@ class Worker:
         acker = Acker(broker)
         threads = ThreadRunner(asyncio.get_running_loop(), c.concurrency)
         executor = Executor(
-            self.app, broker, acker, threads, self.id, self._note_retry, self._lease_lost
+            self.app, broker, acker, threads, self.id, self._note_retry, self._lease_lost, self._lease_live
         )
         buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
         slot_freed = asyncio.Event()
@@ -170,6 +172,7 @@ class Worker:
                     return
                 self._buffered.pop(d.id, None)
                 if (d.id, d.lease_token) in self._lost:
+                    self._renewed.pop(d.id, None)
                     continue  # lost before it started: whoever holds the lease runs it
                 if not self._running:
                     emit(sig.WORKER_BUSY, worker_id=self.id, in_flight=1)
@@ -180,6 +183,7 @@ class Worker:
                 finally:
                     self._running.pop(d.id, None)
                     self._started_at.pop(d.id, None)
+                    self._renewed.pop(d.id, None)
                     slot_freed.set()
                     if not self._running and not self._buffered:
                         emit(sig.WORKER_IDLE, worker_id=self.id)
@@ -221,11 +225,11 @@ class Worker:
                 continue
             # A claim per call; a call that raised is repeated with its claim, so a
             # lease the broker committed before the reply was lost is not leased again.
-            claim = self._claim or str(uuid_utils.uuid4())
+            claim, sent = self._claim or (str(uuid_utils.uuid4()), time.monotonic())
             try:
                 batch = await broker.lease(self.queues, free, c.visibility_timeout, claim=claim)
             except Exception:
-                self._claim = claim
+                self._claim = claim, sent
                 log.exception("lease failed; retrying in %.1fs with the same claim", c.poll_interval)
                 await self._until(asyncio.sleep(c.poll_interval), None)
                 continue
@@ -234,6 +238,7 @@ class Worker:
                 idle_wait = 0.01
                 swept = False
                 for d in batch:
+                    self._renewed[d.id] = sent
                     self._buffered[d.id] = d
                     buffer.put_nowait(d)
                 if len(batch) == free:
@@ -277,7 +282,7 @@ class Worker:
         unstarted = []
         if self._claim is not None:  # a lease reply was lost: give back what that claim holds
             claimed = await _quietly(
-                broker.lease(self.queues, self.capacity, self.config.visibility_timeout, claim=self._claim),
+                broker.lease(self.queues, self.capacity, self.config.visibility_timeout, claim=self._claim[0]),
                 "recover the jobs of a lost lease reply",
             )
             self._claim = None
@@ -325,10 +330,27 @@ class Worker:
         while True:
             await asyncio.sleep(vt / 3)
             live = {d.id: d for d in [*self._buffered.values(), *self._running.values()]}
-            if live:
-                lost = await _quietly(broker.extend(list(live.values()), vt), "extend leases")
-                for job_id in lost or ():
-                    self._lease_lost(live[job_id], "extend")
+            if not live:
+                continue
+            sent = time.monotonic()
+            lost = await _quietly(broker.extend(list(live.values()), vt), "extend leases")
+            if lost is None:
+                continue  # the broker did not answer: the deadlines stay as they were
+            for job_id in lost:
+                self._lease_lost(live[job_id], "extend")
+            for job_id in live.keys() - set(lost):
+                if job_id in self._renewed:
+                    self._renewed[job_id] = sent
+
+    def _lease_live(self, d: Delivery) -> bool:
+        """Whether the lease of ``d`` is surely still held: not reported lost, and its
+        deadline (counted from before the call that set it) not yet passed."""
+        renewed = self._renewed.get(d.id)
+        return (
+            renewed is not None
+            and time.monotonic() < renewed + self.config.visibility_timeout
+            and (d.id, d.lease_token) not in self._lost
+        )
 
     def _lease_lost(self, d: Delivery, detected_by: str) -> None:
         """Report (once) that the lease of ``d`` was lost; drop ``d`` if it has not started.
@@ -345,6 +367,7 @@ class Worker:
         started = self._running.get(d.id) is d or detected_by == "ack"
         if self._buffered.get(d.id) is d:
             del self._buffered[d.id]
+            self._renewed.pop(d.id, None)
         if detected_by == "extend":  # a refused ack has a log line of its own
             log.warning(
                 "job %s (%s) attempt %d lost its lease: the heartbeat could not renew it; %s",
