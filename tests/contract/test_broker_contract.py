@@ -353,3 +353,10 @@ async def test_lease_with_a_claim_that_holds_nothing_leases_new_messages(broker:
     # the claim's message went to someone else: the claim holds nothing and leases anew
     [fresh] = await broker.lease([Q], 5, VT, claim="short")
     assert (fresh.id, fresh.attempts) == (m.id, 1) and taken.id == short.id
+
+
+async def test_an_ack_repeated_after_it_was_taken_reports_no_refusal(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, VT)
+    assert await broker.ack([d]) == []
+    assert await broker.ack([d]) == []  # as when the first reply was lost and the ack is sent again

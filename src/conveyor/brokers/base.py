@@ -182,8 +182,10 @@ class Broker(ABC):
 
     @abstractmethod
     async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
-        """Delete finished messages; return the ids refused by the lease-token check
-        (the lease expired and the message was rescued, re-leased or is gone)."""
+        """Delete finished messages; return the ids refused by the lease-token check: the
+        message is still stored but no longer under this lease (rescued, re-leased,
+        dead). A message already gone is not reported, so an ack repeated after a
+        lost reply is not mistaken for a refusal."""
 
     @abstractmethod
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:

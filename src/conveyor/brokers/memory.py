@@ -150,7 +150,7 @@ class MemoryBroker(Broker):
             for d in deliveries:
                 if self._owned(d) is not None:
                     del self._records[d.id]
-                else:
+                elif d.id in self._records:
                     refused.append(d.id)
         return refused
 

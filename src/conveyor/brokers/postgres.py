@@ -251,7 +251,17 @@ class PostgresBroker(Broker):
     async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
         if not deliveries:
             return []
-        return _missed(deliveries, await self._fetch(self.sql.ack, self._pairs(deliveries)))
+        pairs = self._pairs(deliveries)
+
+        async def delete(conn: Conn, _repeat: bool) -> list[str]:
+            missed = _missed(deliveries, (await self._on(conn, self.sql.ack, pairs))[0])
+            if not missed:
+                return []
+            # gone is not refused: a repeat after a lost reply finds its own deletions gone
+            present = {r[0] for r in (await self._on(conn, self.sql.present, {"ids": missed}))[0]}
+            return [i for i in missed if i in present]
+
+        return await self._retrying(delete)
 
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
         f = failure or Failure()

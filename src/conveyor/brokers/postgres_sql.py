@@ -274,6 +274,7 @@ class Queries:
             f" WHERE j.id IN (SELECT id FROM {s}.jobs WHERE state = {LEASED}"
             f" AND lease_until < {SERVER_NOW} FOR UPDATE SKIP LOCKED)"
         )
+        self.present = f"SELECT id FROM {s}.jobs WHERE id = ANY(%(ids)s::text[])"
         self.held = (
             f"SELECT {_DELIVERY_COLS} FROM {s}.jobs j"
             f" WHERE j.state = {LEASED} AND j.lease_token = %(token)s"

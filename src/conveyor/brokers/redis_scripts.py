@@ -208,7 +208,9 @@ end
 return {out, nexts}
 """.replace("PROMOTE_BATCH", str(PROMOTE_BATCH))
 
-# ARGV: prefix, then (id, token) pairs. Returns the ids refused by the token check.
+# ARGV: prefix, then (id, token) pairs. Returns the ids refused by the token check
+# whose job is still stored (one already gone may be this very ack, re-sent by the
+# client after a lost reply).
 ACK = _PRELUDE + """
 local refused = {}
 for i = 2, #ARGV, 2 do
@@ -216,7 +218,7 @@ for i = 2, #ARGV, 2 do
   if q then
     unlease(ARGV[i], q)
     redis.call('DEL', jkey(ARGV[i]))
-  else
+  elseif redis.call('EXISTS', jkey(ARGV[i])) == 1 then
     refused[#refused + 1] = ARGV[i]
   end
 end

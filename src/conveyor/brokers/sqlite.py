@@ -192,8 +192,15 @@ class SQLiteBroker(Broker):
         return await self._tx(take)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
-        return await self._tx(_each, "DELETE FROM conveyor_jobs WHERE id = ? AND lease_token = ? AND state = 1",
-                              [(d.id, d.lease_token) for d in deliveries])
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            missed = _each(
+                conn,
+                "DELETE FROM conveyor_jobs WHERE id = ? AND lease_token = ? AND state = 1",
+                [(d.id, d.lease_token) for d in deliveries],
+            )
+            return [i for i in missed if conn.execute("SELECT 1 FROM conveyor_jobs WHERE id = ?", (i,)).fetchone()]
+
+        return await self._tx(delete)
 
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
         f = failure or Failure()
