@@ -422,6 +422,26 @@ DLQ_PRUNED = Signal(
     (IntKey("count"), DurationKey("max_age", "0 when unlimited"), IntKey("max_per_queue", "0 when unlimited")),
 )
 
+
+# -- lease safety: a worker's lease lost to another worker, and the ack it cost ---------
+JOB_LEASE_LOST = Signal(
+    "job.lease_lost",
+    "A worker's lease on a job it held was lost (it expired and was rescued, or the job is"
+    " gone); another worker may run the job. A job not yet started is dropped; a running"
+    " one finishes, and its ack is refused.",
+    (
+        *_RUN,
+        StringKey("detected_by", "'extend' (the lease heartbeat) or 'ack' (a refused ack)"),
+        BoolKey("started", "whether the job had started running in this worker"),
+    ),
+)
+JOB_ACK_REFUSED = Signal(
+    "job.ack_refused",
+    "A job finished but the broker refused its ack (the lease-token check): its lease had"
+    " been lost, so this run is not counted as completed.",
+    (*_RUN, DurationKey("duration")),
+)
+
 BUILTIN: tuple[Signal, ...] = (
     JOB_ENQUEUED,
     JOB_STARTED,
@@ -441,4 +461,6 @@ BUILTIN: tuple[Signal, ...] = (
     DLQ_RETRIED,
     DLQ_PURGED,
     DLQ_PRUNED,
+    JOB_LEASE_LOST,
+    JOB_ACK_REFUSED,
 )

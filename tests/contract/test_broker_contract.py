@@ -432,3 +432,73 @@ async def test_dlq_prune_keeps_the_newest_per_queue(broker: Broker) -> None:
     assert await broker.dlq_prune(keep=2) == 0
     assert (await broker.stats(["c1"]))["c1"].ready == 1  # live messages are never pruned
     assert await broker.dlq_prune() == 0
+
+
+# -- lease safety: refused acks, failed renewals, idempotent leases ------------------------
+
+
+async def _taken_over(broker: Broker) -> tuple[Delivery, Delivery]:
+    """A delivery whose lease expired and went to someone else, and that someone's delivery."""
+    await broker.enqueue([msg()])
+    [old] = await broker.lease([Q], 1, 0.2)
+    await asyncio.sleep(0.4)
+    assert await broker.rescue() == [old.id]
+    [new] = await broker.lease([Q], 1, VT)
+    return old, new
+
+
+async def test_ack_returns_the_ids_its_token_check_refused(broker: Broker) -> None:
+    old, new = await _taken_over(broker)
+    await broker.enqueue([m := msg()])
+    [live] = await broker.lease([Q], 1, VT)
+    assert live.id == m.id
+    assert await broker.ack([old, live]) == [old.id]
+    assert await broker.ack([new]) == []
+    assert (await broker.stats([Q]))[Q].in_flight == 0
+
+
+async def test_extend_returns_the_ids_it_could_not_renew(broker: Broker) -> None:
+    old, new = await _taken_over(broker)
+    await broker.enqueue([msg(), msg()])
+    live, finished = await broker.lease([Q], 2, VT)
+    await broker.ack([finished])
+    assert await broker.extend([old, live, finished, new], VT) == [old.id, finished.id]
+    assert await broker.extend([live, new], VT) == []
+
+
+async def test_lease_repeated_with_its_claim_returns_what_the_claim_holds(broker: Broker) -> None:
+    await broker.enqueue([msg() for _ in range(3)])
+    first = await broker.lease([Q], 2, VT, claim="claim-1")
+    again = await broker.lease([Q], 2, VT, claim="claim-1")
+    assert len(first) == 2
+    assert sorted((d.id, d.attempts, d.lease_token) for d in again) == sorted(
+        (d.id, 1, d.lease_token) for d in first
+    )
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.in_flight) == (1, 2)
+    assert await broker.ack(again) == []
+    [last] = await broker.lease([Q], 5, VT, claim="claim-2")
+    assert last.attempts == 1 and last.id not in {d.id for d in first}
+
+
+async def test_lease_with_a_claim_that_holds_nothing_leases_new_messages(broker: Broker) -> None:
+    assert await broker.lease([Q], 5, VT, claim="empty") == []
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 5, VT, claim="empty")
+    assert d.attempts == 1
+    await broker.enqueue([msg()])
+    [short] = await broker.lease([Q], 1, 0.2, claim="short")
+    await asyncio.sleep(0.4)
+    assert await broker.rescue() == [short.id]
+    [taken] = await broker.lease([Q], 1, VT)
+    await broker.enqueue([m := msg()])
+    # the claim's message went to someone else: the claim holds nothing and leases anew
+    [fresh] = await broker.lease([Q], 5, VT, claim="short")
+    assert (fresh.id, fresh.attempts) == (m.id, 1) and taken.id == short.id
+
+
+async def test_an_ack_repeated_after_it_was_taken_reports_no_refusal(broker: Broker) -> None:
+    await broker.enqueue([msg()])
+    [d] = await broker.lease([Q], 1, VT)
+    assert await broker.ack([d]) == []
+    assert await broker.ack([d]) == []  # as when the first reply was lost and the ack is sent again

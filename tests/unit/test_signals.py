@@ -143,5 +143,7 @@ def test_builtin_signals_are_documented() -> None:
         "dlq.retried",
         "dlq.purged",
         "dlq.pruned",
+        "job.lease_lost",
+        "job.ack_refused",
     }
     assert all(s.description for s in sig.BUILTIN)

@@ -9,10 +9,14 @@ expired leases. Every method is a coroutine; see docs/brokers.md.
 from __future__ import annotations
 
 import asyncio
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import uuid_utils
 
 #: Reasons a message was delivered again, recorded on the next delivery.
 LEASE_EXPIRED = "lease_expired"
@@ -25,6 +29,9 @@ MANUAL_RETRY = "manual_retry"
 #: that always outlives the shutdown timeout reaches ``max_attempts`` and is
 #: dead-lettered instead of being requeued forever.
 MAX_REFUNDED_INTERRUPTIONS = 2
+
+#: How many lease claims a broker instance remembers (a retry comes within seconds).
+CLAIM_MEMORY = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,35 @@ class Selector:
             raise ValueError("select dead letters by id, or pass all=True")
 
 
+class Claims:
+    """The claims of one broker instance's recent lease calls.
+
+    A lease token is the call's claim (or a random one without a claim). A claim
+    this instance has not seen before cannot hold anything, so the lease takes
+    new messages at once; a claim seen before (a retry after a lost reply) first
+    looks for the messages still leased with it. Only retries pay for that look-up.
+    """
+
+    def __init__(self, size: int = CLAIM_MEMORY) -> None:
+        self._size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def token(self, claim: str | None) -> tuple[str, bool]:
+        """The lease token for a call with ``claim``, and whether the claim came before."""
+        if claim is None:
+            return str(uuid_utils.uuid4()), False
+        if not isinstance(claim, str) or not claim:
+            raise ValueError(f"a lease claim is a non-empty string, got {claim!r}")
+        with self._lock:
+            if claim in self._seen:
+                return claim, True
+            self._seen[claim] = None
+            if len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+        return claim, False
+
+
 class Broker(ABC):
     """The contract every broker implements; the conformance suite in tests/contract checks it.
 
@@ -145,16 +181,27 @@ class Broker(ABC):
         """Store messages atomically; a message with ``eta`` in the future is delayed."""
 
     @abstractmethod
-    async def lease(self, queues: Sequence[str], limit: int, visibility_timeout: float) -> list[Delivery]:
-        """Lease up to ``limit`` due messages from ``queues``.
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float, *, claim: str | None = None
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` due messages from ``queues`` for ``visibility_timeout`` seconds.
 
         Order: highest priority first, then earliest ``eta``, then enqueue order.
-        Each leased message's attempts grows by one.
+        Each leased message's attempts grows by one. The lease deadline is taken
+        from the broker's clock (the server's, for Redis and PostgreSQL).
+
+        ``claim`` makes the call safe to repeat: a caller whose call raised (the
+        reply was lost) calls again with the same claim, and gets back the
+        messages that claim still holds, attempts unchanged, instead of new ones.
+        A claim that holds nothing leases new messages.
         """
 
     @abstractmethod
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Delete finished messages. A delivery whose lease was lost is ignored."""
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
+        """Delete finished messages; return the ids refused by the lease-token check: the
+        message is still stored but no longer under this lease (rescued, re-leased,
+        dead). A message already gone is not reported, so an ack repeated after a
+        lost reply is not mistaken for a refusal."""
 
     @abstractmethod
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
@@ -178,12 +225,14 @@ class Broker(ABC):
         """Move a message to the dead-letter store with a machine-readable ``reason``."""
 
     @abstractmethod
-    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
-        """Push the lease deadline of live deliveries ``visibility_timeout`` seconds ahead."""
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
+        """Push the lease deadline of live deliveries ``visibility_timeout`` seconds past
+        the broker's now; return the ids whose lease could not be renewed (lost)."""
 
     @abstractmethod
     async def rescue(self) -> list[str]:
-        """Return messages with expired leases to their queues; return their ids."""
+        """Return messages whose lease deadline passed (by the broker's clock) to their
+        queues; return their ids."""
 
     @abstractmethod
     async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:

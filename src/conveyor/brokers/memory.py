@@ -1,4 +1,7 @@
-"""An in-process broker: fast, thread-safe, and gone when the process exits."""
+"""An in-process broker: fast, thread-safe, and gone when the process exits.
+
+It lives in one process, so every deadline and due time is this host's clock.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import uuid_utils
-
 from .base import (
     LEASE_EXPIRED,
     MANUAL_RETRY,
     MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
+    Claims,
     DeadLetter,
     Delivery,
     DlqPosition,
@@ -62,6 +64,7 @@ class MemoryBroker(Broker):
         self._seq = itertools.count()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._locks: dict[str, tuple[str, float]] = {}
+        self._claims = Claims()
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -107,10 +110,18 @@ class MemoryBroker(Broker):
         if waiters:
             self._wake()
 
-    async def lease(self, queues: Sequence[str], limit: int, visibility_timeout: float) -> list[Delivery]:
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float, *, claim: str | None = None
+    ) -> list[Delivery]:
         now = time.time()
+        token, retry = self._claims.token(claim)
         out: list[Delivery] = []
         with self._lock:
+            if retry:
+                held = [r for r in self._records.values() if r.state == "leased" and r.token == token]
+                if held:
+                    held.sort(key=lambda r: (-r.msg.priority, r.eta, r.seq))
+                    return [_delivery(r) for r in held]
             heaps = []
             for name in queues:
                 q = self._queues.get(name)
@@ -127,22 +138,8 @@ class MemoryBroker(Broker):
                 rec.state = "leased"
                 rec.attempts += 1
                 rec.lease_until = now + visibility_timeout
-                rec.token = str(uuid_utils.uuid4())
-                m = rec.msg
-                out.append(
-                    Delivery(
-                        m.id,
-                        m.queue,
-                        m.type,
-                        m.body,
-                        rec.attempts,
-                        rec.token,
-                        m.priority,
-                        rec.eta,
-                        m.created_at,
-                        rec.redelivery,
-                    )
-                )
+                rec.token = token
+                out.append(_delivery(rec))
         return out
 
     def _owned(self, d: Delivery) -> _Record | None:
@@ -151,11 +148,15 @@ class MemoryBroker(Broker):
             return None
         return rec
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
+        refused = []
         with self._lock:
             for d in deliveries:
                 if self._owned(d) is not None:
                     del self._records[d.id]
+                elif d.id in self._records:
+                    refused.append(d.id)
+        return refused
 
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
         with self._lock:
@@ -190,13 +191,17 @@ class MemoryBroker(Broker):
             rec.state, rec.reason, rec.failure = "dead", reason, failure
             rec.dead_at, rec.token = time.time(), ""
 
-    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
         until = time.time() + visibility_timeout
+        lost = []
         with self._lock:
             for d in deliveries:
                 rec = self._owned(d)
                 if rec is not None:
                     rec.lease_until = until
+                else:
+                    lost.append(d.id)
+        return lost
 
     async def rescue(self) -> list[str]:
         now = time.time()
@@ -338,6 +343,13 @@ class MemoryBroker(Broker):
         finally:
             with self._lock:
                 self._waiters.remove(entry)
+
+
+def _delivery(rec: _Record) -> Delivery:
+    m = rec.msg
+    return Delivery(
+        m.id, m.queue, m.type, m.body, rec.attempts, rec.token, m.priority, rec.eta, m.created_at, rec.redelivery
+    )
 
 
 def _dead_letter(rec: _Record) -> DeadLetter:

@@ -17,11 +17,10 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import psycopg
-import uuid_utils
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -32,6 +31,7 @@ from .base import (
     MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
+    Claims,
     DeadLetter,
     Delivery,
     DlqPosition,
@@ -47,6 +47,7 @@ __all__ = ["PostgresBroker"]
 log = logging.getLogger("conveyor.brokers.postgres")
 
 Conn = psycopg.AsyncConnection[TupleRow]
+T = TypeVar("T")
 
 #: Seconds between liveness checks of an idle listening connection.
 LISTEN_CHECK_INTERVAL = 30.0
@@ -69,6 +70,7 @@ class PostgresBroker(Broker):
         self._notified: dict[str, int] = {}
         self._everyone = 0
         self._seen: dict[tuple[str, ...], int] = {}
+        self._claims = Claims()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBroker:
@@ -185,23 +187,30 @@ class PostgresBroker(Broker):
     ) -> tuple[list[tuple[Any, ...]], int]:
         """Run one statement on a pooled connection; return its rows and rowcount.
 
+        Every statement is safe to repeat: enqueue is idempotent by id and the
+        others match on lease tokens and states (a lease repeats through its claim).
+        """
+        return await self._retrying(lambda conn, _repeat: self._on(conn, query, params))
+
+    async def _retrying(self, work: Callable[[Conn, bool], Awaitable[T]]) -> T:
+        """Run ``work(conn, repeat)`` on a pooled connection.
+
         A connection found dead (the server restarted, a firewall dropped it)
-        makes the pool check its idle connections, and the statement is tried
-        once more. Every statement is safe to repeat: enqueue is idempotent by
-        id and the others match on lease tokens and states.
+        makes the pool check its idle connections, and ``work`` runs once more
+        with ``repeat=True``: the first try may have committed.
         """
         pool = self.pool
         conn: Conn | None = None
         try:
             async with pool.connection() as conn:
-                return await self._on(conn, query, params)
+                return await work(conn, False)
         except psycopg.OperationalError as exc:
             if conn is None or not conn.broken:
                 raise
             log.warning("PostgreSQL connection lost (%s); retrying on a fresh one", exc)
         await pool.check()
         async with pool.connection() as conn:
-            return await self._on(conn, query, params)
+            return await work(conn, True)
 
     @staticmethod
     async def _on(
@@ -230,17 +239,29 @@ class PostgresBroker(Broker):
             )
 
     async def lease(
-        self, queues: Sequence[str], limit: int, visibility_timeout: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        visibility_timeout: float,
+        *,
+        claim: str | None = None,
     ) -> list[Delivery]:
         names = list(dict.fromkeys(queues))
         if limit <= 0 or not names:
             return []
-        now = time.time()
+        token, retry = self._claims.token(claim)
         params: dict[str, Any] = {f"q{i}": q for i, q in enumerate(names)}
-        params.update(
-            now=now, limit=limit, until=now + visibility_timeout, token=str(uuid_utils.uuid4())
-        )
-        rows = await self._fetch(self.sql.lease(len(names)), params)
+        params.update(limit=limit, vt=visibility_timeout, token=token)
+        sql = self.sql.lease(len(names))
+
+        async def take(conn: Conn, repeat: bool) -> list[tuple[Any, ...]]:
+            if retry or repeat:  # the first call may have committed: what does the claim hold?
+                held, _ = await self._on(conn, self.sql.held, {"token": token})
+                if held:
+                    return held
+            return (await self._on(conn, sql, params))[0]
+
+        rows = await self._retrying(take)
         rows.sort(key=lambda r: (-r[6], r[7], r[10]))
         return [Delivery(*r[:10]) for r in rows]
 
@@ -248,9 +269,20 @@ class PostgresBroker(Broker):
     def _pairs(deliveries: Sequence[Delivery]) -> dict[str, Any]:
         return {"ids": [d.id for d in deliveries], "tokens": [d.lease_token for d in deliveries]}
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            await self._run(self.sql.ack, self._pairs(deliveries))
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
+        if not deliveries:
+            return []
+        pairs = self._pairs(deliveries)
+
+        async def delete(conn: Conn, _repeat: bool) -> list[str]:
+            missed = _missed(deliveries, (await self._on(conn, self.sql.ack, pairs))[0])
+            if not missed:
+                return []
+            # gone is not refused: a repeat after a lost reply finds its own deletions gone
+            present = {r[0] for r in (await self._on(conn, self.sql.present, {"ids": missed}))[0]}
+            return [i for i in missed if i in present]
+
+        return await self._retrying(delete)
 
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
         f = failure or Failure()
@@ -275,15 +307,17 @@ class PostgresBroker(Broker):
             "now": time.time(), "id": delivery.id, "token": delivery.lease_token,
         })
 
-    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
-        if deliveries:
-            until = time.time() + visibility_timeout
-            await self._run(self.sql.extend, {"until": until, **self._pairs(deliveries)})
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
+        if not deliveries:
+            return []
+        rows = await self._fetch(self.sql.extend, {"vt": visibility_timeout, **self._pairs(deliveries)})
+        return _missed(deliveries, rows)
 
     async def rescue(self) -> list[str]:
-        now = time.time()
-        rescued = await self._notifying(self.sql.rescue, {"now": now, "reason": LEASE_EXPIRED})
-        await self._run(self.sql.prune_locks, {"now": now})  # expired locks are garbage
+        rescued = await self._notifying(
+            self.sql.rescue, {"now": time.time(), "reason": LEASE_EXPIRED}
+        )
+        await self._run(self.sql.prune_locks, {})  # expired locks are garbage
         return rescued
 
     async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
@@ -345,10 +379,7 @@ class PostgresBroker(Broker):
         return gone
 
     async def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
-        now = time.time()
-        rows = await self._fetch(
-            self.sql.acquire_lock, {"name": name, "owner": owner, "until": now + ttl, "now": now}
-        )
+        rows = await self._fetch(self.sql.acquire_lock, {"name": name, "owner": owner, "ttl": ttl})
         return bool(rows)
 
     async def release_lock(self, name: str, owner: str) -> None:
@@ -421,3 +452,9 @@ class PostgresBroker(Broker):
                             exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _missed(deliveries: Sequence[Delivery], rows: Sequence[tuple[Any, ...]]) -> list[str]:
+    """The ids of ``deliveries`` that a statement returning (id, token) of its changes missed."""
+    done = {(r[0], r[1]) for r in rows}
+    return [d.id for d in deliveries if (d.id, d.lease_token) not in done]

@@ -185,6 +185,11 @@ def latest_version(schema: str = DEFAULT_SCHEMA) -> int:
     return migrations(schema)[-1][0]
 
 
+#: The server's clock in epoch seconds. Lease deadlines, rescue, named locks and
+#: due-ness at lease time use it, so hosts with skewed clocks agree on when a
+#: lease or lock expires and when a job is due.
+SERVER_NOW = "extract(epoch from now())::float8"
+
 _DELIVERY_COLS = (
     "j.id, j.queue, j.type, j.body, j.attempts, j.lease_token, j.priority, j.eta,"
     " j.created_at, j.redelivery, j.seq"
@@ -214,7 +219,11 @@ class Queries:
         self.record_version = f"INSERT INTO {s}.schema_version (version) VALUES (%s)"
         self.enqueue = _notifying(
             f"INSERT INTO {s}.jobs (id, queue, type, priority, eta, body, created_at)"
-            " SELECT m.id, m.queue, m.type, m.priority, m.eta, m.body, m.created_at"
+            # a job due by its producer's clock is due by the server's too (a producer
+            # whose clock runs ahead must not hold back jobs meant to run now)
+            " SELECT m.id, m.queue, m.type, m.priority,"
+            f" CASE WHEN m.eta <= %(now)s THEN LEAST(m.eta, {SERVER_NOW}) ELSE m.eta END,"
+            " m.body, m.created_at"
             " FROM unnest(%(ids)s::text[], %(queues)s::text[], %(types)s::text[],"
             " %(priorities)s::integer[], %(etas)s::float8[], %(bodies)s::bytea[],"
             " %(created)s::float8[]) WITH ORDINALITY"
@@ -235,7 +244,7 @@ class Queries:
             f"{self._relax}DELETE FROM {s}.jobs j"
             f" USING unnest(%(ids)s::text[], %(tokens)s::text[]) AS d(did, dtoken){self._relaxed}"
             " WHERE j.id = d.did AND j.lease_token = d.dtoken"
-            f" AND j.state = {LEASED}"
+            f" AND j.state = {LEASED} RETURNING j.id, j.lease_token"
         )
         self.nack = _notifying(
             f"UPDATE {s}.jobs SET state = {READY}, eta = %(retry_at)s, lease_until = NULL,"
@@ -245,7 +254,7 @@ class Queries:
         )
         # SET expressions see the row as it was: the refund depends on the old count.
         self.release = _notifying(
-            f"UPDATE {s}.jobs j SET state = {READY}, eta = LEAST(j.eta, %(now)s),"
+            f"UPDATE {s}.jobs j SET state = {READY}, eta = LEAST(j.eta, {SERVER_NOW}),"
             " attempts = j.attempts - CASE WHEN %(interrupted)s AND j.interruptions >= %(refunded)s"
             " THEN 0 ELSE 1 END, interruptions = j.interruptions + %(interrupted)s::int,"
             " lease_until = NULL, lease_token = NULL, redelivery = %(reason)s"
@@ -259,15 +268,23 @@ class Queries:
             f" WHERE id = %(id)s AND lease_token = %(token)s AND state = {LEASED}"
         )
         self.extend = (
-            f"{self._relax}UPDATE {s}.jobs j SET lease_until = %(until)s"
+            f"{self._relax}UPDATE {s}.jobs j SET lease_until = {SERVER_NOW} + %(vt)s"
             f" FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS d(did, dtoken){self._relaxed}"
             f" WHERE j.id = d.did AND j.lease_token = d.dtoken AND j.state = {LEASED}"
+            " RETURNING j.id, j.lease_token"
         )
+        # A rescued job keeps its eta: it was due when it was leased, so it is due
+        # to every worker whatever its clock, and it keeps its place in line.
         self.rescue = _notifying(
-            f"UPDATE {s}.jobs j SET state = {READY}, eta = %(now)s, lease_until = NULL,"
+            f"UPDATE {s}.jobs j SET state = {READY}, lease_until = NULL,"
             " lease_token = NULL, redelivery = %(reason)s"
             f" WHERE j.id IN (SELECT id FROM {s}.jobs WHERE state = {LEASED}"
-            " AND lease_until < %(now)s FOR UPDATE SKIP LOCKED)"
+            f" AND lease_until < {SERVER_NOW} FOR UPDATE SKIP LOCKED)"
+        )
+        self.present = f"SELECT id FROM {s}.jobs WHERE id = ANY(%(ids)s::text[])"
+        self.held = (
+            f"SELECT {_DELIVERY_COLS} FROM {s}.jobs j"
+            f" WHERE j.state = {LEASED} AND j.lease_token = %(token)s"
         )
         self.stats_all = self._stats("")
         self.stats_some = self._stats(" WHERE queue = ANY(%(queues)s::text[])")
@@ -279,13 +296,13 @@ class Queries:
         )
         self.acquire_lock = (
             f"INSERT INTO {s}.locks AS l (name, owner, expires_at)"
-            " VALUES (%(name)s, %(owner)s, %(until)s)"
+            f" VALUES (%(name)s, %(owner)s, {SERVER_NOW} + %(ttl)s)"
             " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
             " expires_at = excluded.expires_at"
-            " WHERE l.owner = excluded.owner OR l.expires_at <= %(now)s RETURNING owner"
+            f" WHERE l.owner = excluded.owner OR l.expires_at <= {SERVER_NOW} RETURNING owner"
         )
         self.release_lock = f"DELETE FROM {s}.locks WHERE name = %(name)s AND owner = %(owner)s"
-        self.prune_locks = f"DELETE FROM {s}.locks WHERE expires_at < %(now)s"
+        self.prune_locks = f"DELETE FROM {s}.locks WHERE expires_at < {SERVER_NOW}"
         self._lease_cache: dict[int, str] = {}
 
     def _stats(self, where: str) -> str:
@@ -324,7 +341,7 @@ class Queries:
         def pick(i: int) -> str:
             return (
                 f"SELECT id, priority, eta, seq FROM {s}.jobs WHERE state = {READY}"
-                f" AND queue = %(q{i})s AND eta <= %(now)s {order}"
+                f" AND queue = %(q{i})s AND eta <= {SERVER_NOW} {order}"
                 " LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
             )
 
@@ -338,7 +355,7 @@ class Queries:
         sql = (
             f"WITH {', '.join([*self._ctes, f'claimed AS MATERIALIZED ({claim})'])}"
             f" UPDATE {s}.jobs j SET state = {LEASED}, attempts = j.attempts + 1,"
-            " lease_until = %(until)s, lease_token = %(token)s"
+            f" lease_until = {SERVER_NOW} + %(vt)s, lease_token = %(token)s"
             f" FROM claimed{self._relaxed} WHERE j.id = claimed.id RETURNING {_DELIVERY_COLS}"
         )
         self._lease_cache[queue_count] = sql

@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import uuid_utils
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -31,6 +30,7 @@ from .base import (
     MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
+    Claims,
     DeadLetter,
     Delivery,
     DlqPosition,
@@ -91,6 +91,7 @@ class RedisBroker(Broker):
         self._seen: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._due: dict[str, float] = {}
         self._changed = asyncio.Event()
+        self._claims = Claims()
 
     @classmethod
     def from_url(cls, url: str) -> RedisBroker:
@@ -161,18 +162,22 @@ class RedisBroker(Broker):
         await self._run("ENQUEUE", repr(now), *args)
 
     async def lease(
-        self, queues: Sequence[str], limit: int, visibility_timeout: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        visibility_timeout: float,
+        *,
+        claim: str | None = None,
     ) -> list[Delivery]:
         qs = tuple(dict.fromkeys(queues))
         if limit <= 0 or not qs:
             return []
         self._seen[qs] = self._mark(qs)
-        now = time.time()
-        token = str(uuid_utils.uuid4())
-        rows, nexts = await self._run(
-            "LEASE", repr(now), repr(now + visibility_timeout), limit, token, *qs
-        )
-        for q, due in zip(qs, nexts, strict=True):
+        # The script itself remembers a claim's jobs (also against redis-py resending
+        # a call whose reply was lost), so whether the claim came before does not matter.
+        token, _ = self._claims.token(claim)
+        rows, nexts = await self._run("LEASE", repr(float(visibility_timeout)), limit, token, *qs)
+        for q, due in zip(qs, nexts, strict=False):
             if due:
                 self._due[q] = min(self._due.get(q, math.inf), float(due))
         return [
@@ -181,9 +186,10 @@ class RedisBroker(Broker):
             for r in rows
         ]
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            await self._run("ACK", *_pairs(deliveries))
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
+        if not deliveries:
+            return []
+        return [_s(i) for i in await self._run("ACK", *_pairs(deliveries))]
 
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
         f = failure or Failure()
@@ -202,15 +208,16 @@ class RedisBroker(Broker):
         await self._run("DEAD", repr(time.time()), delivery.id, delivery.lease_token, reason,
                         f.type, f.message, f.traceback)
 
-    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
-        if deliveries:
-            until = repr(time.time() + visibility_timeout)
-            await self._run("EXTEND", until, *_pairs(deliveries))
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
+        if not deliveries:
+            return []
+        lost = await self._run("EXTEND", repr(float(visibility_timeout)), *_pairs(deliveries))
+        return [_s(i) for i in lost]
 
     async def rescue(self) -> list[str]:
         rescued: list[str] = []
         while True:
-            back, scanned = await self._run("RESCUE", repr(time.time()), BATCH)
+            back, scanned = await self._run("RESCUE", BATCH)
             rescued += [_s(i) for i in back]
             if scanned < BATCH:
                 return rescued

@@ -6,6 +6,11 @@ strings so that floats keep every digit. A job is ``ready`` (in
 ``ready:<q>`` and ``age:<q>``), ``delayed`` (in ``delayed:<q>``), ``leased``
 (in ``inflight``, counted in ``leased``) or ``dead`` (in ``dead`` and
 ``dead:<q>``); its hash field ``state`` says which.
+
+Lease deadlines (``inflight`` scores, the ``until`` field) come from the
+server's ``TIME``, never from a client, so workers with skewed clocks agree on
+when a lease expires. So is the clock that promotes due delayed jobs; the due
+times themselves (``eta``) are the clients' (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ PROMOTE_BATCH = 1000
 _PRELUDE = """
 local P = ARGV[1]
 local function jkey(id) return P .. ':job:' .. id end
+
+-- The server's clock in epoch seconds, as a string keeping the microseconds.
+local function server_now()
+  local t = redis.call('TIME')
+  return string.format('%d.%06d', t[1], t[2])
+end
+
+-- A lease deadline ``vt`` seconds after the server's now.
+local function deadline_in(vt)
+  local t = redis.call('TIME')
+  return string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(vt))
+end
 
 -- ready:<q> is scored by -priority; equal scores sort by member, which starts
 -- with a fixed-width eta (microseconds) and the enqueue sequence number.
@@ -59,7 +76,15 @@ local function owned(id, token)
   return nil
 end
 
+-- A job leaves the in-flight set; the claim of its lease is no longer needed
+-- (the lease call returned, or it would not be acked, retried or rescued).
+local unclaimed = {}
 local function unlease(id, q)
+  local token = redis.call('HGET', jkey(id), 'token')
+  if token and token ~= '' and not unclaimed[token] then
+    unclaimed[token] = true
+    redis.call('DEL', P .. ':claim:' .. token)
+  end
   redis.call('ZREM', P .. ':inflight', id)
   redis.call('HINCRBY', P .. ':leased', q, -1)
 end
@@ -116,13 +141,33 @@ publish(wake)
 return 0
 """
 
-# ARGV: prefix, now, lease deadline, limit, token, queues...
+# ARGV: prefix, visibility timeout, limit, token (the claim), queues... Delayed jobs
+# are promoted by the server's clock.
 # Returns {deliveries, next due eta per queue ('' when none)}; a delivery is
 # {id, queue, type, body, attempts, priority, eta, created_at, redelivery}.
+# A token seen before (the reply of that call was lost) returns the jobs it still
+# holds, attempts unchanged, instead of leasing new ones.
 LEASE = _PRELUDE + """
-local now, deadline, limit, token = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local vt, limit, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local ck = P .. ':claim:' .. token
+local function row(id, jk, attempts)
+  local f = redis.call('HMGET', jk, 'queue', 'type', 'body', 'priority', 'eta', 'created_at',
+    'redelivery')
+  return {id, f[1], f[2], f[3], tostring(attempts), f[4], f[5], f[6], f[7]}
+end
+local claimed = redis.call('GET', ck)
+if claimed then
+  local held = {}
+  for id in string.gmatch(claimed, '[^,]+') do
+    local jk = jkey(id)
+    local f = redis.call('HMGET', jk, 'state', 'token', 'attempts')
+    if f[1] == 'leased' and f[2] == token then held[#held + 1] = row(id, jk, f[3]) end
+  end
+  if #held > 0 then return {held, {}} end
+end
+local now, deadline = server_now(), deadline_in(vt)
 local cands, nexts = {}, {}
-for i = 6, #ARGV do
+for i = 5, #ARGV do
   local q = ARGV[i]
   local dk = P .. ':delayed:' .. q
   local due = redis.call('ZRANGEBYSCORE', dk, '-inf', now, 'LIMIT', 0, PROMOTE_BATCH)
@@ -141,7 +186,7 @@ table.sort(cands, function(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end)
-local out = {}
+local out, ids = {}, {}
 for k = 1, math.min(limit, #cands) do
   local rk, q = cands[k][2], cands[k][3]
   local id = string.sub(rk, 38)
@@ -153,23 +198,31 @@ for k = 1, math.min(limit, #cands) do
     redis.call('HSET', jk, 'state', 'leased', 'token', token, 'until', deadline, 'rk', '')
     redis.call('ZADD', P .. ':inflight', deadline, id)
     redis.call('HINCRBY', P .. ':leased', q, 1)
-    local f = redis.call('HMGET', jk, 'type', 'body', 'priority', 'eta', 'created_at', 'redelivery')
-    out[#out + 1] = {id, q, f[1], f[2], tostring(attempts), f[3], f[4], f[5], f[6]}
+    out[#out + 1] = row(id, jk, attempts)
+    ids[#ids + 1] = id
   end
+end
+if #ids > 0 then
+  redis.call('SET', ck, table.concat(ids, ','), 'PX', math.ceil(tonumber(vt) * 1000) + 1000)
 end
 return {out, nexts}
 """.replace("PROMOTE_BATCH", str(PROMOTE_BATCH))
 
-# ARGV: prefix, then (id, token) pairs.
+# ARGV: prefix, then (id, token) pairs. Returns the ids refused by the token check
+# whose job is still stored (one already gone may be this very ack, re-sent by the
+# client after a lost reply).
 ACK = _PRELUDE + """
+local refused = {}
 for i = 2, #ARGV, 2 do
   local q = owned(ARGV[i], ARGV[i + 1])
   if q then
     unlease(ARGV[i], q)
     redis.call('DEL', jkey(ARGV[i]))
+  elseif redis.call('EXISTS', jkey(ARGV[i])) == 1 then
+    refused[#refused + 1] = ARGV[i]
   end
 end
-return 0
+return refused
 """
 
 # ARGV: prefix, now, id, token, retry_at, error type, error message, traceback.
@@ -228,21 +281,26 @@ redis.call('ZADD', P .. ':dead:' .. q, ARGV[2], id)
 return 1
 """
 
-# ARGV: prefix, new lease deadline, then (id, token) pairs.
+# ARGV: prefix, visibility timeout, then (id, token) pairs. Returns the ids not renewed.
 EXTEND = _PRELUDE + """
+local deadline = deadline_in(ARGV[2])
+local lost = {}
 for i = 3, #ARGV, 2 do
   if owned(ARGV[i], ARGV[i + 1]) then
-    redis.call('HSET', jkey(ARGV[i]), 'until', ARGV[2])
-    redis.call('ZADD', P .. ':inflight', 'XX', ARGV[2], ARGV[i])
+    redis.call('HSET', jkey(ARGV[i]), 'until', deadline)
+    redis.call('ZADD', P .. ':inflight', 'XX', deadline, ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
   end
 end
-return 0
+return lost
 """
 
-# ARGV: prefix, now, batch size. Returns the ids put back (at most one batch).
+# ARGV: prefix, batch size. Returns the ids put back (at most one batch). Expiry is
+# judged by the server's clock; a rescued job keeps its eta (it was due when leased).
 RESCUE = _PRELUDE + """
-local ids = redis.call('ZRANGEBYSCORE', P .. ':inflight', '-inf', '(' .. ARGV[2],
-  'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', P .. ':inflight', '-inf', '(' .. server_now(),
+  'LIMIT', 0, tonumber(ARGV[2]))
 local back, wake = {}, {}
 for _, id in ipairs(ids) do
   local jk = jkey(id)
@@ -250,8 +308,9 @@ for _, id in ipairs(ids) do
   if f[1] == 'leased' then
     unlease(id, f[2])
     redis.call('HSET', jk, 'redelivery', '@LEASE_EXPIRED@')
-    make_ready(id, jk, f[2], ARGV[2])
-    note(wake, f[2], ARGV[2])
+    local eta = redis.call('HGET', jk, 'eta')
+    make_ready(id, jk, f[2], eta)
+    note(wake, f[2], eta)
     back[#back + 1] = id
   else
     redis.call('ZREM', P .. ':inflight', id)

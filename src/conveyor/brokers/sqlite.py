@@ -2,7 +2,8 @@
 
 Durable across restarts and safe for several worker processes on one host:
 every write takes SQLite's write lock up front (``BEGIN IMMEDIATE``), and a
-lease is one ``UPDATE ... RETURNING``. All calls run on one thread that owns
+lease is one ``UPDATE ... RETURNING``. Being single-host, it reads deadlines and
+due times from this host's clock. All calls run on one thread that owns
 the connection, so the event loop never blocks on disk.
 """
 
@@ -17,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import uuid_utils
-
 from ..errors import BrokerUnavailable, ConfigError
 from .base import (
     LEASE_EXPIRED,
@@ -26,6 +25,7 @@ from .base import (
     MAX_REFUNDED_INTERRUPTIONS,
     WORKER_SHUTDOWN,
     Broker,
+    Claims,
     DeadLetter,
     Delivery,
     DlqPosition,
@@ -120,6 +120,7 @@ class SQLiteBroker(Broker):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._init_lock = threading.Lock()
+        self._claims = Claims()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBroker:
@@ -194,9 +195,12 @@ class SQLiteBroker(Broker):
 
         await self._tx(insert)
 
-    async def lease(self, queues: Sequence[str], limit: int, visibility_timeout: float) -> list[Delivery]:
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float, *, claim: str | None = None
+    ) -> list[Delivery]:
         if limit <= 0 or not queues:
             return []
+        token, retry = self._claims.token(claim)
         marks = ",".join("?" * len(queues))
         sql = (
             "UPDATE conveyor_jobs SET state = 1, attempts = attempts + 1, lease_until = ?,"
@@ -207,21 +211,30 @@ class SQLiteBroker(Broker):
         )
 
         def take(conn: sqlite3.Connection) -> list[Delivery]:
-            now = time.time()
-            token = str(uuid_utils.uuid4())
-            rows = conn.execute(sql, (now + visibility_timeout, token, *queues, now, limit)).fetchall()
+            rows = []
+            if retry:
+                rows = conn.execute(
+                    f"SELECT {_DELIVERY_COLS}, rowid FROM conveyor_jobs WHERE state = 1 AND lease_token = ?",
+                    (token,),
+                ).fetchall()
+            if not rows:
+                now = time.time()
+                rows = conn.execute(sql, (now + visibility_timeout, token, *queues, now, limit)).fetchall()
             rows.sort(key=lambda r: (-r[6], r[7], r[10]))
             return [Delivery(*r[:10]) for r in rows]
 
         return await self._tx(take)
 
-    async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        rows = [(d.id, d.lease_token) for d in deliveries]
+    async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            missed = _each(
+                conn,
+                "DELETE FROM conveyor_jobs WHERE id = ? AND lease_token = ? AND state = 1",
+                [(d.id, d.lease_token) for d in deliveries],
+            )
+            return [i for i in missed if conn.execute("SELECT 1 FROM conveyor_jobs WHERE id = ?", (i,)).fetchone()]
 
-        def delete(conn: sqlite3.Connection) -> None:
-            conn.executemany("DELETE FROM conveyor_jobs WHERE id = ? AND lease_token = ? AND state = 1", rows)
-
-        await self._tx(delete)
+        return await self._tx(delete)
 
     async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
         f = failure or Failure()
@@ -267,17 +280,13 @@ class SQLiteBroker(Broker):
 
         await self._tx(bury)
 
-    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> None:
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
         until = time.time() + visibility_timeout
-        rows = [(until, d.id, d.lease_token) for d in deliveries]
-
-        def push(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE conveyor_jobs SET lease_until = ? WHERE id = ? AND lease_token = ? AND state = 1",
-                rows,
-            )
-
-        await self._tx(push)
+        return await self._tx(
+            _each,
+            "UPDATE conveyor_jobs SET lease_until = ? WHERE id = ? AND lease_token = ? AND state = 1",
+            [(until, d.id, d.lease_token) for d in deliveries],
+        )
 
     async def rescue(self) -> list[str]:
         def requeue(conn: sqlite3.Connection) -> list[str]:
@@ -411,3 +420,8 @@ class SQLiteBroker(Broker):
             conn.execute("DELETE FROM conveyor_locks WHERE name = ? AND owner = ?", (name, owner))
 
         await self._tx(drop)
+
+
+def _each(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Run ``sql`` once per row (its last two values: id, lease token); return the ids it missed."""
+    return [row[-2] for row in rows if conn.execute(sql, row).rowcount == 0]

@@ -24,7 +24,10 @@ from .store import DEAD, ENQUEUED, SCHEDULED, Change, ErrorRecord, HistoryStore
 log = logging.getLogger("conveyor.history")
 
 #: The signals the recorder listens to.
-JOB_SIGNALS = (sig.JOB_ENQUEUED, sig.JOB_STARTED, sig.JOB_COMPLETED, sig.JOB_FAILED, sig.JOB_RETRYING, sig.JOB_DEAD)
+JOB_SIGNALS = (
+    sig.JOB_ENQUEUED, sig.JOB_STARTED, sig.JOB_COMPLETED, sig.JOB_FAILED, sig.JOB_RETRYING, sig.JOB_DEAD,
+    sig.JOB_LEASE_LOST,
+)  # fmt: skip
 _KINDS = {s.name: s.name.removeprefix("job.") for s in JOB_SIGNALS}
 _MAX_FAILED_WRITES = 3
 _MAX_DOOMED = 10_000
@@ -163,7 +166,7 @@ class Recorder:
             redelivery=a.get("redelivery", ""),
             duration=a.get("duration"),
             error=error,
-            reason=a.get("reason", ""),
+            reason=a.get("reason", a.get("detected_by", "")),
             counts_as_failure=counts,
         )
 

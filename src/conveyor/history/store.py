@@ -33,9 +33,10 @@ ENQUEUED, SCHEDULED, RUNNING, FAILED, RETRYING, COMPLETED, DEAD = (
 )
 STATES = (ENQUEUED, SCHEDULED, RUNNING, FAILED, RETRYING, COMPLETED, DEAD)
 
-#: Event kinds of a job's timeline (a job state, or one of these).
-STARTED, MANUAL_RETRY = "started", "manual_retry"
-EVENT_KINDS = (ENQUEUED, SCHEDULED, STARTED, COMPLETED, FAILED, RETRYING, DEAD, MANUAL_RETRY)
+#: Event kinds of a job's timeline (a job state, or one of these). ``lease_lost``: the
+#: worker running an attempt lost its lease (another worker may run the job).
+STARTED, MANUAL_RETRY, LEASE_LOST = "started", "manual_retry", "lease_lost"
+EVENT_KINDS = (ENQUEUED, SCHEDULED, STARTED, COMPLETED, FAILED, RETRYING, DEAD, MANUAL_RETRY, LEASE_LOST)
 
 #: ``stop_reason`` of a worker the monitor marked lost: it stopped heartbeating without
 #: stopping and every job it was running has been rescued. A heartbeat revives it.
@@ -44,7 +45,8 @@ LOST = "lost"
 _SAME_START = 1.0
 """Seconds between a worker's own start time of a job and history's that still mean the same attempt."""
 
-#: Attempt outcomes. ``lost``: the worker disappeared (its lease expired or it shut down).
+#: Attempt outcomes. ``lost``: the worker disappeared (its lease expired or it shut down),
+#: or it reported that it lost the attempt's lease.
 OUTCOMES = ("running", "completed", "failed", "lost")
 
 
@@ -87,7 +89,7 @@ class Change:
     duration: float | None = None
     error: ErrorRecord | None = None
     reason: str = ""
-    """Why a job went dead."""
+    """Why a job went dead; for ``lease_lost``, what detected it (``extend`` or ``ack``)."""
     counts_as_failure: bool = False
     """For ``dead``: the job died without a failed attempt (unknown type, lost too often...)."""
 

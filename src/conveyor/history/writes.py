@@ -22,7 +22,7 @@ import msgspec
 
 from ..brokers import LEASE_EXPIRED, MANUAL_RETRY, WORKER_SHUTDOWN
 from .schema import Cursor, Dialect
-from .store import COMPLETED, DEAD, ENQUEUED, FAILED, RETRYING, RUNNING, SCHEDULED, STARTED, Change
+from .store import COMPLETED, DEAD, ENQUEUED, FAILED, LEASE_LOST, RETRYING, RUNNING, SCHEDULED, STARTED, Change
 
 _UPSERT_STATE = """
 INSERT INTO {jobs} AS j (id, type, queue, state, attempts, started_at, worker_id, finished_at, updated_at,
@@ -161,6 +161,10 @@ class _Batch:
             self.enqueues.append((c.job_id, c.job_type, c.queue, c.kind, c.priority, c.at, c.at + c.delay, c.at))
             self.event(c, {"priority": c.priority, "delay": round(c.delay, 6)} if c.delay else {})
             return
+        if c.kind == LEASE_LOST:  # the job's state is another worker's now: only the attempt ends
+            self.lost(c)
+            self.event(c, {"detected_by": c.reason})
+            return
         state = _STATE_OF[c.kind]
         patch = _JobPatch(c.job_id, c.job_type, c.queue, state, c.at, c.attempt, worker_id=c.worker_id)
         patch.error = _error_fields(c)
@@ -200,6 +204,13 @@ class _Batch:
         else:
             row[6:9] = [c.at, c.duration, c.kind]
             row[10:14] = error
+
+    def lost(self, c: Change) -> None:
+        row = self.attempts.get((c.job_id, c.attempt, c.worker_id))
+        if row is None:
+            self.finishes.append((c.at, None, "lost", None, None, None, None, c.job_id, c.attempt, c.worker_id))
+        elif row[6] is None:
+            row[6], row[8] = c.at, "lost"
 
     def event(self, c: Change, detail: dict[str, Any], failure: bool = False) -> None:
         e = c.error

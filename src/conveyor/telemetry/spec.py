@@ -205,6 +205,8 @@ DEFAULT_LEVELS: Mapping[str, int] = {
     "job.failed": logging.WARNING,  # ERROR when it will not be retried
     "job.retrying": logging.WARNING,
     "job.dead": logging.ERROR,
+    "job.lease_lost": logging.WARNING,
+    "job.ack_refused": logging.WARNING,
     "queue.depth": logging.DEBUG,
     "worker.started": logging.INFO,
     "worker.stopped": logging.INFO,

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from ..middleware import chain
 from ..registry import JobDef
 from ..retry import Decision
 from ..signals import ErrorInfo
-from .acker import Acker
+from .acker import Acker, Finished
 from .threads import CallTimedOut, ThreadRunner
 
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ class Counters:
     failed: int = 0
     retried: int = 0
     dead: int = 0
+    ack_refused: int = 0
+    """Finished jobs whose ack was refused: their lease was lost, another worker may run them."""
+
+
+def log_fields(d: Delivery, job_type: str, worker_id: str) -> dict[str, Any]:
+    """The job context of a log line about ``d`` (lifted to the top level of JSON logs)."""
+    return {"job_id": d.id, "job_type": job_type, "queue": d.queue, "attempt": d.attempts, "worker_id": worker_id}
 
 
 def _failure(info: ErrorInfo) -> Failure:
@@ -112,10 +119,15 @@ class Executor:
         threads: ThreadRunner[JobRef],
         worker_id: str,
         on_retry: Callable[[float], None],
+        on_lease_lost: Callable[[Delivery, str], None],
+        lease_live: Callable[[Delivery], bool],
     ) -> None:
         self.app, self.broker, self.acker, self.threads = app, broker, acker, threads
         self.worker_id = worker_id
         self.on_retry = on_retry
+        self.on_lease_lost = on_lease_lost
+        self.lease_live = lease_live
+        acker.settle = self.settled
         self.counters = Counters()
         self.bus = app.bus
 
@@ -171,10 +183,37 @@ class Executor:
             return
         finally:
             _current.reset(token)
-        self.acker.add(d)
+        duration = time.time() - start
+        if self.lease_live(d):
+            self.acker.add(d, job.type, duration)
+            self._completed(d, job.type, duration)
+        else:  # the lease may be lost: completion waits for the broker to take the ack
+            self.acker.add(d, job.type, duration, counted=False)
+
+    def _completed(self, d: Delivery, job_type: str, duration: float) -> None:
         self.counters.completed += 1
-        if bus.wants(sig.JOB_COMPLETED):
-            self._emit(sig.JOB_COMPLETED, d, job.type, duration=time.time() - start)
+        if self.bus.wants(sig.JOB_COMPLETED):
+            self._emit(sig.JOB_COMPLETED, d, job_type, duration=duration)
+
+    def settled(self, acked: Sequence[Finished], refused: Sequence[Finished]) -> None:
+        """The acker's report: complete the jobs that waited for their ack; announce refused acks.
+
+        A refused ack means another worker holds the job; a run that waited for
+        its ack is then not counted as completed, so the job is not counted twice.
+        """
+        for d, job_type, duration, counted in acked:
+            if not counted:
+                self._completed(d, job_type, duration)
+        for d, job_type, duration, _ in refused:
+            self.counters.ack_refused += 1
+            log.warning(
+                "job %s (%s) attempt %d finished after its lease was lost; the ack was refused"
+                " (another worker may run the job)",
+                d.id, job_type, d.attempts, extra=log_fields(d, job_type, self.worker_id),
+            )
+            self.on_lease_lost(d, "ack")
+            if self.bus.wants(sig.JOB_ACK_REFUSED):
+                self._emit(sig.JOB_ACK_REFUSED, d, job_type, duration=duration)
 
     async def _call(self, d: Delivery, definition: JobDef, job: Job, ctx: JobContext) -> Any:
         timeout = definition.timeout
@@ -257,10 +296,7 @@ class Executor:
 
     def report(self, d: Delivery, job_type: str, stage: str, exc: BaseException, outcome: str) -> None:
         """Log and emit ``worker.error``: conveyor's own code failed at ``stage`` around ``d``."""
-        context = {
-            "job_id": d.id, "job_type": job_type, "queue": d.queue, "attempt": d.attempts,
-            "worker_id": self.worker_id,
-        }
+        context = log_fields(d, job_type, self.worker_id)
         log.error(
             "worker %s: %s failed for job %s (%s, queue %s, attempt %d); %s",
             self.worker_id, stage, d.id, job_type, d.queue, d.attempts, outcome,

@@ -19,7 +19,7 @@ from ..brokers.display import display_url
 from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
-from .executor import Counters, Executor, JobRef, cancelled_by_worker
+from .executor import Counters, Executor, JobRef, cancelled_by_worker, log_fields
 from .stuck import StuckReporter
 from .threads import StuckThread, ThreadRunner
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 T = TypeVar("T")
+
+#: Lost leases a worker remembers (so each is reported once); they are rare.
+_LOST_MEMORY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,11 @@ class Worker:
         self._started_at: dict[str, float] = {}
         self.started_at = time.time()
         self._buffered: dict[str, Delivery] = {}
+        self._lost: dict[tuple[str, str], None] = {}
+        self._claim: tuple[str, float] | None = None
+        """The claim of a lease call that raised (and when it was first sent), until one succeeds."""
+        self._renewed: dict[str, float] = {}
+        """Job id -> monotonic time before the call that last set its lease deadline."""
         self._retry_horizon = 0.0
         self._reason = "stopped"
         self._threads: ThreadRunner[JobRef] | None = None
@@ -156,7 +164,9 @@ class Worker:
             asyncio.get_running_loop(), c.concurrency, spare=c.spare_threads,
             on_stuck=report.stuck, on_returned=report.returned, on_short=report.short,
         )  # fmt: skip
-        executor = Executor(self.app, broker, acker, threads, self.id, self._note_retry)
+        executor = Executor(
+            self.app, broker, acker, threads, self.id, self._note_retry, self._lease_lost, self._lease_live
+        )
         buffer: asyncio.Queue[Delivery | None] = asyncio.Queue()
         slot_freed = asyncio.Event()
         emit = self.app.bus.emit
@@ -186,6 +196,9 @@ class Worker:
                 if d is None:
                     return
                 self._buffered.pop(d.id, None)
+                if (d.id, d.lease_token) in self._lost:
+                    self._renewed.pop(d.id, None)
+                    continue  # lost before it started: whoever holds the lease runs it
                 if not self._running:
                     executor.emit_worker(d, sig.WORKER_BUSY, in_flight=1)
                 self._running[d.id] = d
@@ -199,6 +212,7 @@ class Worker:
                 finally:
                     self._running.pop(d.id, None)
                     self._started_at.pop(d.id, None)
+                    self._renewed.pop(d.id, None)
                     slot_freed.set()
                     if not self._running and not self._buffered:
                         executor.emit_worker(d, sig.WORKER_IDLE)
@@ -237,16 +251,22 @@ class Worker:
                 slot_freed.clear()
                 await self._until(slot_freed.wait(), None)
                 continue
+            # A claim per call; a call that raised is repeated with its claim, so a
+            # lease the broker committed before the reply was lost is not leased again.
+            claim, sent = self._claim or (str(uuid_utils.uuid4()), time.monotonic())
             try:
-                batch = await broker.lease(self.queues, free, c.visibility_timeout)
+                batch = await broker.lease(self.queues, free, c.visibility_timeout, claim=claim)
             except Exception:
-                log.exception("lease failed; retrying in %.1fs", c.poll_interval)
+                self._claim = claim, sent
+                log.exception("lease failed; retrying in %.1fs with the same claim", c.poll_interval)
                 await self._until(asyncio.sleep(c.poll_interval), None)
                 continue
+            self._claim = None
             if batch:
                 idle_wait = 0.01
                 swept = False
                 for d in batch:
+                    self._renewed[d.id] = sent
                     self._buffered[d.id] = d
                     buffer.put_nowait(d)
                 if len(batch) == free:
@@ -289,6 +309,13 @@ class Worker:
     ) -> int:
         """Give back unstarted jobs, let running ones finish, then requeue stragglers."""
         unstarted = []
+        if self._claim is not None:  # a lease reply was lost: give back what that claim holds
+            claimed = await _quietly(
+                broker.lease(self.queues, self.capacity, self.config.visibility_timeout, claim=self._claim[0]),
+                "recover the jobs of a lost lease reply",
+            )
+            self._claim = None
+            unstarted += claimed or []
         while not buffer.empty():
             d = buffer.get_nowait()
             if d is not None:
@@ -342,9 +369,64 @@ class Worker:
         vt = self.config.visibility_timeout
         while True:
             await asyncio.sleep(vt / 3)
-            live = [*self._running.values(), *self._buffered.values()]
-            if live:
-                await _quietly(broker.extend(live, vt), "extend leases")
+            live = {d.id: d for d in [*self._buffered.values(), *self._running.values()]}
+            if not live:
+                continue
+            sent = time.monotonic()
+            lost = await _quietly(broker.extend(list(live.values()), vt), "extend leases")
+            if lost is None:
+                continue  # the broker did not answer: the deadlines stay as they were
+            for job_id in lost:
+                self._lease_lost(live[job_id], "extend")
+            for job_id in live.keys() - set(lost):
+                if job_id in self._renewed:
+                    self._renewed[job_id] = sent
+
+    def _lease_live(self, d: Delivery) -> bool:
+        """Whether the lease of ``d`` is surely still held: not reported lost, and its
+        deadline (counted from before the call that set it) not yet passed."""
+        renewed = self._renewed.get(d.id)
+        return (
+            renewed is not None
+            and time.monotonic() < renewed + self.config.visibility_timeout
+            and (d.id, d.lease_token) not in self._lost
+        )
+
+    def _lease_lost(self, d: Delivery, detected_by: str) -> None:
+        """Report (once) that the lease of ``d`` was lost; drop ``d`` if it has not started.
+
+        A running job is left to finish: stopping it half-way could do more harm
+        than finishing, and its ack is refused, so it is not counted twice.
+        """
+        key = (d.id, d.lease_token)
+        if key in self._lost:
+            return
+        self._lost[key] = None
+        if len(self._lost) > _LOST_MEMORY:
+            del self._lost[next(iter(self._lost))]
+        started = self._running.get(d.id) is d or detected_by == "ack"
+        if self._buffered.get(d.id) is d:
+            del self._buffered[d.id]
+            self._renewed.pop(d.id, None)
+        if detected_by == "extend":  # a refused ack has a log line of its own
+            log.warning(
+                "job %s (%s) attempt %d lost its lease: the heartbeat could not renew it; %s",
+                d.id, d.type, d.attempts,
+                "it runs on, its ack will be refused and another worker may run it" if started
+                else "it will not run here",
+                extra=log_fields(d, d.type, self.id),
+            )
+        if self.app.bus.wants(sig.JOB_LEASE_LOST):
+            self.app.bus.emit(
+                sig.JOB_LEASE_LOST,
+                job_id=d.id,
+                job_type=d.type,
+                queue=d.queue,
+                attempt=d.attempts,
+                worker_id=self.id,
+                detected_by=detected_by,
+                started=started,
+            )
 
     async def _housekeeping(self, broker: Broker) -> None:
         c = self.config

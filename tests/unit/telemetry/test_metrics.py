@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from typing import Any
 
@@ -14,6 +15,7 @@ from conveyor import App, DurationKey, IntKey, NonRetryable, Signal, StringKey, 
 from conveyor import signals as sig
 from conveyor.telemetry import STANDARD_METRICS, Metric, Telemetry, serve_metrics
 from conveyor.testing import memory_app, run_until_idle
+from tests.unit.test_worker_leases import VT, take_over
 
 JOB = {"queue": "default", "job_type": "work"}
 MEASURED = Signal("test.measured", "A measurement.",
@@ -72,6 +74,7 @@ def test_standard_set_has_every_documented_name_and_never_a_job_id_label() -> No
         "conveyor_worker_threads_stuck",
         "conveyor_dead_letters_retried_total", "conveyor_dead_letters_purged_total",
         "conveyor_dead_letters_pruned_total",
+        "conveyor_leases_lost_total", "conveyor_acks_refused_total",
     }
     _, reg = standard_app()
     text = generate_latest(reg).decode()
@@ -263,3 +266,24 @@ def test_entries_sharing_a_name_may_order_labels_differently() -> None:
     reg = registry_of(telemetry)
     assert reg.get_sample_value("outcomes_total", {**JOB, "job_type": "work", "outcome": "ok"}) == 1
     assert reg.get_sample_value("outcomes_total", {**JOB, "job_type": "work", "outcome": "error"}) == 2
+
+
+def test_standard_set_counts_lost_leases_and_refused_acks() -> None:
+    telemetry = Telemetry(tracing=False, logs=None)
+    app = App("memory://", telemetry=telemetry)
+
+    @app.job(name="work")
+    async def work() -> None:
+        time.sleep(VT * 4)  # blocks the loop: no heartbeat, the lease expires
+        take_over(app)
+
+    work.send()
+    run_until_idle(app, visibility_timeout=VT, poll_interval=0.05)
+    reg = registry_of(telemetry)
+    assert reg.get_sample_value("conveyor_acks_refused_total", JOB) == 1
+    lost = [
+        reg.get_sample_value("conveyor_leases_lost_total", {**JOB, "detected_by": how}) for how in ("extend", "ack")
+    ]
+    assert sum(n or 0 for n in lost) == 1
+    assert reg.get_sample_value("conveyor_jobs_completed_total", JOB) is None
+    assert reg.get_sample_value("conveyor_jobs_in_progress", JOB) == 0

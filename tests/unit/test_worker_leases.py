@@ -1,0 +1,144 @@
+"""A worker whose lease was taken over: it reports the loss once, and is not counted twice.
+
+Leases are lost here the way they are in production: a handler blocks the
+event loop longer than the visibility timeout, so the heartbeat cannot renew
+the lease, and meanwhile another party (a thread standing for another worker)
+rescues the job and leases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+from conveyor import App, Worker, WorkerConfig
+from conveyor.brokers import WORKER_SHUTDOWN, Delivery
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.testing import capture_signals
+
+VT = 0.3  # the heartbeat renews every VT / 3 seconds
+
+
+def take_over(app: App) -> list[Delivery]:
+    """From another thread: rescue expired leases and lease the jobs, as another worker would."""
+    taken: list[Delivery] = []
+
+    async def other_worker() -> None:
+        broker = await app.broker()
+        await broker.rescue()
+        taken.extend(await broker.lease(["default"], 10, 30.0))
+
+    thread = threading.Thread(target=asyncio.run, args=(other_worker(),))
+    thread.start()
+    thread.join()
+    return taken
+
+
+def config(**options: int) -> WorkerConfig:
+    return WorkerConfig(burst=True, visibility_timeout=VT, poll_interval=0.05, **options)  # type: ignore[arg-type]
+
+
+async def test_a_running_job_whose_lease_was_lost_finishes_but_its_refused_ack_is_not_a_completion(
+    app: App,
+) -> None:
+    taken: list[Delivery] = []
+
+    @app.job
+    async def slow() -> None:
+        time.sleep(VT * 4)  # blocks the loop: no heartbeat, the lease expires
+        taken.extend(take_over(app))
+        await asyncio.sleep(VT * 4)  # the heartbeat runs again and finds the lease gone
+
+    job_id = await slow.send_async()
+    with capture_signals(app) as events:
+        result = await Worker(app, config()).run()
+    assert [d.id for d in taken] == [job_id]
+    [lost] = events.named("job.lease_lost")
+    assert (lost.attrs["job_id"], lost.attrs["detected_by"], lost.attrs["started"]) == (job_id, "extend", True)
+    [refused] = events.named("job.ack_refused")
+    assert refused.attrs["job_id"] == job_id and refused.attrs["duration"] > 0
+    assert events.named("job.completed") == []
+    assert (result.counters.completed, result.counters.ack_refused) == (0, 1)
+    s = app.stats()["default"]
+    assert s.in_flight == 1  # the other worker's lease, untouched by the refused ack
+
+
+async def test_a_refused_ack_reports_the_lost_lease_when_no_heartbeat_saw_it(app: App) -> None:
+    @app.job
+    async def blocks() -> None:
+        time.sleep(VT * 4)
+        take_over(app)
+
+    job_id = await blocks.send_async()
+    with capture_signals(app) as events:
+        result = await Worker(app, config()).run()
+    assert [(e.attrs["job_id"], e.attrs["detected_by"]) for e in events.named("job.lease_lost")] in (
+        [(job_id, "ack")],
+        [(job_id, "extend")],  # the heartbeat may run between the handler's end and the ack
+    )
+    assert [e.attrs["job_id"] for e in events.named("job.ack_refused")] == [job_id]
+    assert (result.counters.completed, result.counters.ack_refused) == (0, 1)
+
+
+async def test_a_prefetched_job_whose_lease_was_lost_does_not_run_here(app: App) -> None:
+    ran: list[str] = []
+
+    @app.job
+    async def first() -> None:
+        ran.append("first")
+        time.sleep(VT * 4)
+        take_over(app)
+        await asyncio.sleep(VT * 4)
+
+    @app.job
+    async def second() -> None:
+        ran.append("second")
+
+    await first.send_async()
+    second_id = await second.send_async()
+    with capture_signals(app) as events:
+        await Worker(app, config(concurrency=1, prefetch=1)).run()
+    assert ran == ["first"]
+    lost = {e.attrs["job_id"]: e.attrs["started"] for e in events.named("job.lease_lost")}
+    assert lost[second_id] is False
+    assert second_id not in {e.attrs["job_id"] for e in events.named("job.started")}
+
+
+class RepliesLost(MemoryBroker):
+    """A memory broker whose first lease that took messages commits and then raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = asyncio.Event()
+
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float, *, claim: str | None = None
+    ) -> list[Delivery]:
+        taken = await super().lease(queues, limit, visibility_timeout, claim=claim)
+        if taken and not self.lost.is_set():
+            self.lost.set()
+            raise ConnectionError("connection lost before the lease reply arrived")
+        return taken
+
+
+async def test_a_worker_stopping_after_a_lost_lease_reply_gives_back_what_the_claim_holds() -> None:
+    app = App("memory://")
+    broker = app._shared = RepliesLost()
+
+    @app.job(max_attempts=1)
+    async def never_delivered() -> None:
+        raise AssertionError("no lease reply ever arrived")
+
+    job_id = await never_delivered.send_async()
+    # the stop comes while the worker waits to repeat the failed lease call
+    worker = Worker(app, WorkerConfig(poll_interval=30.0, visibility_timeout=30.0))
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(broker.lost.wait(), 10)
+    worker.request_stop()
+    await asyncio.wait_for(run, 10)
+    s = (await broker.stats(["default"]))["default"]
+    assert (s.ready, s.in_flight) == (1, 0)
+    [again] = await MemoryBroker.lease(broker, ["default"], 1, 30.0)
+    assert (again.id, again.attempts, again.redelivery) == (job_id, 1, WORKER_SHUTDOWN)
