@@ -232,9 +232,7 @@ class Worker:
             await self._fetch(broker, buffer, slot_freed)
             abandoned = await self._shutdown(broker, buffer, consumers, acker, threads)
         finally:
-            for task in consumers + background:
-                task.cancel()
-            await asyncio.gather(*consumers, *background, return_exceptions=True)
+            await _cancel_all([*consumers, *background])
             threads.stop()
             emit(sig.WORKER_STOPPED, worker_id=self.id, reason=self._reason)
             await self.app.bus.drain()
@@ -452,6 +450,36 @@ class Worker:
                         oldest_age=s.oldest_age_s,
                     )
             await asyncio.sleep(min(c.rescue_interval, c.stats_interval, 1.0))
+
+
+#: Seconds the worker keeps cancelling its own tasks at exit before it leaves one behind.
+CANCEL_TIMEOUT = 5.0
+
+
+async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel the worker's tasks and wait for them, re-cancelling any that swallowed it.
+
+    A library can swallow a cancellation (redis-py can, while a command is on the
+    wire): one cancel and a plain ``gather`` would then wait for ever. Each task is
+    cancelled again until it ends; one still running after :data:`CANCEL_TIMEOUT`
+    is logged and left behind, so the worker always stops.
+    """
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + CANCEL_TIMEOUT
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.error(
+                "worker tasks %s ignored cancellation for %.0fs; stopping without them",
+                ", ".join(sorted(t.get_name() for t in pending)), CANCEL_TIMEOUT,
+            )
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
+    for task in tasks:  # retrieve outcomes so none is reported as never retrieved
+        if not task.cancelled():
+            task.exception()
 
 
 async def _quietly(awaitable: Awaitable[T], what: str) -> T | None:
