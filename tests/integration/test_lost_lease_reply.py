@@ -73,7 +73,7 @@ async def flaky(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 async def test_a_lost_lease_reply_does_not_cost_a_single_attempt_job_its_run(flaky: Broker) -> None:
     app = App("memory://")
-    app._shared = flaky  # the worker uses this broker (any URL scheme)
+    app._connections._shared = flaky  # the worker uses this broker (any URL scheme)
     runs: list[int] = []
 
     @app.job(max_attempts=1)

@@ -125,7 +125,7 @@ class RepliesLost(MemoryBroker):
 
 async def test_a_worker_stopping_after_a_lost_lease_reply_gives_back_what_the_claim_holds() -> None:
     app = App("memory://")
-    broker = app._shared = RepliesLost()
+    broker = app._connections._shared = RepliesLost()
 
     @app.job(max_attempts=1)
     async def never_delivered() -> None:

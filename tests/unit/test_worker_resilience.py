@@ -366,7 +366,8 @@ async def test_attempts_exhausted_without_a_lost_worker_names_the_real_redeliver
     # What a broker hands out when earlier attempts counted without a lost lease (e.g. the
     # shutdown interruptions a broker stops refunding): one delivery past max_attempts.
     delivery = dataclasses.replace(leased, attempts=2, redelivery=redelivery)
-    executor = Executor(app, broker, Acker(broker), ThreadRunner(asyncio.get_running_loop(), 1), "w1", lambda _: None)
+    threads = ThreadRunner(asyncio.get_running_loop(), 1)
+    executor = Executor(app, broker, Acker(broker), threads, "w1", lambda _: None, lambda _d, _b: None, lambda _d: True)
     try:
         await executor.execute(delivery)
     finally:
