@@ -11,13 +11,20 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
 from .app import App
 from .errors import ConveyorError, ServiceUnavailable
 from .worker import Worker, WorkerConfig, WorkerResult
+
+T = TypeVar("T")
+log = logging.getLogger("conveyor.cli")
+
+#: Seconds :func:`run_to_end` gives tasks still running when the worker has returned.
+LEFT_TASKS_TIMEOUT = 1.0
 
 APP_HELP = "APP is module:attribute, e.g. myproject.tasks:app (importable from the current directory)."
 
@@ -247,7 +254,34 @@ def run_worker(app: App, config: WorkerConfig) -> WorkerResult:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(go())
+    return run_to_end(go())
+
+
+def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, except that a task ignoring cancellation cannot keep the process alive.
+
+    ``asyncio.run`` cancels the tasks left at the end and waits for them without
+    limit; here they get :data:`LEFT_TASKS_TIMEOUT` seconds (the worker has already
+    re-cancelled its own for a while), then the loop's async generators (the app's
+    connections) and executor are shut down as usual and the loop is closed.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        result = loop.run_until_complete(coro)
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            _, pending = loop.run_until_complete(asyncio.wait(left, timeout=LEFT_TASKS_TIMEOUT))
+            if pending:
+                log.error("%d task(s) ignored cancellation; exiting without them", len(pending))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        return result
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 @main.command(epilog=APP_HELP)

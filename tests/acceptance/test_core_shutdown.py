@@ -103,3 +103,22 @@ def test_core_sigterm_twice(core: Core) -> None:
     assert took < 1.5, f"exit took {took:.1f}s after the second SIGTERM"
     assert core.events("done") == []
     assert core.depth() == {**ZERO, "ready": 1}, "the interrupted job must be back in the queue"
+
+
+def test_core_sigterm_with_a_job_that_ignores_cancellation(core: Core) -> None:
+    """A job that swallows every cancellation cannot keep the worker process from exiting."""
+    job_id = core.jobs.stubborn.send("forever")
+    w = core.start_worker("-c", "1", "--shutdown-timeout", "0.5")
+    core.wait_for(lambda: len(core.events("start")) == 1, 10, "the job to start")
+    sent_at = time.monotonic()
+    w.send_signal(signal.SIGTERM)
+    rc = w.wait(30)
+    took = time.monotonic() - sent_at
+    out = core.output(w)
+    assert rc == 0, out
+    assert took < 15, f"exit took {took:.1f}s"
+    assert "ignored cancellation" in out, out
+    # Requeued as an interrupted attempt, not left leased to a process that is gone.
+    assert core.depth(cli=False) == {**ZERO, "ready": 1}
+    assert [d["id"] for d in core.dlq()] == []
+    assert job_id in {e["id"] for e in core.events("start")}

@@ -9,6 +9,7 @@ rescues the job and leases it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -142,3 +143,56 @@ async def test_a_worker_stopping_after_a_lost_lease_reply_gives_back_what_the_cl
     assert (s.ready, s.in_flight) == (1, 0)
     [again] = await MemoryBroker.lease(broker, ["default"], 1, 30.0)
     assert (again.id, again.attempts, again.redelivery) == (job_id, 1, WORKER_SHUTDOWN)
+
+
+class SlowExtend(MemoryBroker):
+    """A real memory broker whose lease heartbeat takes a while to answer (a slow network)."""
+
+    async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
+        await asyncio.sleep(0.04)
+        return await super().extend(deliveries, visibility_timeout)
+
+
+async def test_a_job_acked_while_its_lease_was_being_renewed_is_not_reported_lost() -> None:
+    app = App("memory://")
+    app._connections._shared = SlowExtend()  # the app uses this (real) broker
+    done: list[int] = []
+
+    @app.job
+    async def short(n: int) -> None:
+        await asyncio.sleep(0.01)
+        done.append(n)
+
+    await app.send_jobs_async([short.message(i) for i in range(300)])
+    with capture_signals(app, ["job.lease_lost", "job.ack_refused"]) as events:
+        result = await Worker(app, config(concurrency=4)).run()
+    assert sorted(done) == list(range(300)) and result.counters.completed == 300
+    assert events.named("job.lease_lost") == [] and events.named("job.ack_refused") == []
+    app.close()
+
+
+async def test_a_handler_that_swallows_cancellation_cannot_keep_the_worker_from_stopping(app: App) -> None:
+    from conveyor.worker import runtime
+
+    started, give_in = asyncio.Event(), asyncio.Event()
+
+    @app.job
+    async def stubborn() -> None:
+        started.set()
+        while not give_in.is_set():  # a handler (or a library under it) that ignores cancellation
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    job_id = await stubborn.send_async()
+    worker = Worker(app, WorkerConfig(shutdown_timeout=0.2, visibility_timeout=30, poll_interval=0.05))
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    worker.request_stop()
+    try:
+        result = await asyncio.wait_for(task, runtime.CANCEL_TIMEOUT + 10)
+    finally:
+        give_in.set()  # the left-behind task ends, so the test's loop can close
+    assert (result.reason, result.abandoned) == ("shutdown_timeout", 1)
+    broker = await app.broker()
+    [again] = await broker.lease(["default"], 1, 30)  # requeued, not left leased to a stopped worker
+    assert (again.id, again.redelivery) == (job_id, WORKER_SHUTDOWN)

@@ -125,6 +125,8 @@ class Worker:
         self._retry_horizon = 0.0
         self._reason = "stopped"
         self._threads: ThreadRunner[JobRef] | None = None
+        self._left_behind: set[asyncio.Task[Any]] = set()
+        """Tasks that ignored cancellation for :data:`CANCEL_TIMEOUT` (logged); not awaited again."""
 
     # -- control --------------------------------------------------------------
     def request_stop(self, reason: str = "signal") -> None:
@@ -195,9 +197,10 @@ class Worker:
                 d = await buffer.get()
                 if d is None:
                     return
-                self._buffered.pop(d.id, None)
+                if self._buffered.get(d.id) is d:
+                    del self._buffered[d.id]
                 if (d.id, d.lease_token) in self._lost:
-                    self._renewed.pop(d.id, None)
+                    slot_freed.set()
                     continue  # lost before it started: whoever holds the lease runs it
                 if not self._running:
                     executor.emit_worker(d, sig.WORKER_BUSY, in_flight=1)
@@ -210,9 +213,11 @@ class Worker:
                         raise
                     executor.report(d, d.type, "execute", exc, "its lease will expire and it will run again")
                 finally:
-                    self._running.pop(d.id, None)
-                    self._started_at.pop(d.id, None)
-                    self._renewed.pop(d.id, None)
+                    # Only this delivery's entries: a newer delivery of the same job may hold them.
+                    if self._running.get(d.id) is d:
+                        del self._running[d.id]
+                        self._started_at.pop(d.id, None)
+                        self._renewed.pop(d.id, None)
                     slot_freed.set()
                     if not self._running and not self._buffered:
                         executor.emit_worker(d, sig.WORKER_IDLE)
@@ -232,7 +237,7 @@ class Worker:
             await self._fetch(broker, buffer, slot_freed)
             abandoned = await self._shutdown(broker, buffer, consumers, acker, threads)
         finally:
-            await _cancel_all([*consumers, *background])
+            await _cancel_all([t for t in (*consumers, *background) if t not in self._left_behind])
             threads.stop()
             emit(sig.WORKER_STOPPED, worker_id=self.id, reason=self._reason)
             await self.app.bus.drain()
@@ -330,9 +335,8 @@ class Worker:
             log.warning("requeueing %d running jobs (%s)", len(stragglers), self._reason)
             # Settle them before they go back: a sync call still waiting for a thread never starts.
             waiting = {ref.id for ref in threads.give_up_waiting()}
-            for task in consumers:
-                task.cancel()
-            await asyncio.gather(*consumers, return_exceptions=True)
+            self._left_behind |= await _cancel_all(consumers)
+            await acker.flush()  # a job that finished meanwhile is acked, and its release below is a no-op
             never_began = [d for d in stragglers if d.id in waiting]
             started = [d for d in stragglers if d.id not in waiting]
             if never_began:
@@ -375,7 +379,11 @@ class Worker:
             if lost is None:
                 continue  # the broker did not answer: the deadlines stay as they were
             for job_id in lost:
-                self._lease_lost(live[job_id], "extend")
+                d = live[job_id]
+                # A job that finished while extend was in flight is not lost: it is acked, or its
+                # ack (refused if the lease really was lost) will say so.
+                if self._running.get(job_id) is d or self._buffered.get(job_id) is d:
+                    self._lease_lost(d, "extend")
             for job_id in live.keys() - set(lost):
                 if job_id in self._renewed:
                     self._renewed[job_id] = sent
@@ -456,13 +464,13 @@ class Worker:
 CANCEL_TIMEOUT = 5.0
 
 
-async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
     """Cancel the worker's tasks and wait for them, re-cancelling any that swallowed it.
 
     A library can swallow a cancellation (redis-py can, while a command is on the
     wire): one cancel and a plain ``gather`` would then wait for ever. Each task is
     cancelled again until it ends; one still running after :data:`CANCEL_TIMEOUT`
-    is logged and left behind, so the worker always stops.
+    is logged and left behind (and returned), so the worker always stops.
     """
     pending = {t for t in tasks if not t.done()}
     deadline = time.monotonic() + CANCEL_TIMEOUT
@@ -475,11 +483,12 @@ async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
                 "worker tasks %s ignored cancellation for %.0fs; stopping without them",
                 ", ".join(sorted(t.get_name() for t in pending)), CANCEL_TIMEOUT,
             )
-            return
+            return pending
         _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
     for task in tasks:  # retrieve outcomes so none is reported as never retrieved
         if not task.cancelled():
             task.exception()
+    return set()
 
 
 async def _quietly(awaitable: Awaitable[T], what: str) -> T | None:

@@ -14,6 +14,7 @@ file, never from worker logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -95,6 +96,14 @@ def make_app(url: str | None = None) -> SimpleNamespace:
             raise RuntimeError(f"gate closed for {label}")
         record("done", label=label)
 
+    @app.job(name="core.stubborn")
+    async def stubborn(label: str) -> None:
+        """Ignores every cancellation (as a misbehaving library can) and never returns."""
+        record("start", label=label)
+        while True:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
     return SimpleNamespace(
         app=app,
         flaky=flaky,
@@ -103,6 +112,7 @@ def make_app(url: str | None = None) -> SimpleNamespace:
         urgent=urgent,
         slow_async=slow_async,
         gated=gated,
+        stubborn=stubborn,
     )
 
 
