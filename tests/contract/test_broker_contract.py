@@ -502,3 +502,21 @@ async def test_an_ack_repeated_after_it_was_taken_reports_no_refusal(broker: Bro
     [d] = await broker.lease([Q], 1, VT)
     assert await broker.ack([d]) == []
     assert await broker.ack([d]) == []  # as when the first reply was lost and the ack is sent again
+
+
+# -- rescue ---------------------------------------------------------------------------------
+
+
+async def test_a_rescued_message_keeps_its_eta_and_its_place_in_line(broker: Broker) -> None:
+    now = time.time()
+    oldest, older = msg(eta=now - 20), msg(eta=now - 10)
+    await broker.enqueue([oldest, older])
+    [d] = await broker.lease([Q], 1, 0.2)
+    assert d.id == oldest.id
+    await asyncio.sleep(0.4)
+    assert await broker.rescue() == [oldest.id]
+    await broker.enqueue([msg()])
+    assert (await broker.stats([Q]))[Q].oldest_age_s >= 19
+    got = await broker.lease([Q], 3, VT)
+    assert [g.id for g in got[:2]] == [oldest.id, older.id]
+    assert abs(got[0].eta - oldest.eta) < 1e-3 and got[0].redelivery == LEASE_EXPIRED

@@ -232,7 +232,13 @@ class Broker(ABC):
     @abstractmethod
     async def rescue(self) -> list[str]:
         """Return messages whose lease deadline passed (by the broker's clock) to their
-        queues; return their ids."""
+        queues, marked :data:`LEASE_EXPIRED`; return their ids.
+
+        A rescued message keeps its ``eta``: it was due when leased, so it is due to
+        every worker whatever its clock, it keeps its place in line (before messages
+        of its priority that came later), and the queue's ``oldest_age_s`` still
+        counts from when it first became due.
+        """
 
     @abstractmethod
     async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:

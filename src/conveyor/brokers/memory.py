@@ -209,8 +209,7 @@ class MemoryBroker(Broker):
         with self._lock:
             for rec in self._records.values():
                 if rec.state == "leased" and rec.lease_until < now:
-                    rec.redelivery = LEASE_EXPIRED
-                    rec.eta = now
+                    rec.redelivery = LEASE_EXPIRED  # its eta stays: it keeps its place in line
                     self._place(rec, now)
                     rescued.append(rec.msg.id)
             for name in [n for n, (_, until) in self._locks.items() if until <= now]:

@@ -292,9 +292,10 @@ class SQLiteBroker(Broker):
         def requeue(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             rows = conn.execute(
-                "UPDATE conveyor_jobs SET state = 0, eta = ?, lease_until = NULL, lease_token = NULL,"
+                # a rescued job keeps its eta, and so its place in line
+                "UPDATE conveyor_jobs SET state = 0, lease_until = NULL, lease_token = NULL,"
                 " redelivery = ? WHERE state = 1 AND lease_until < ? RETURNING id",
-                (now, LEASE_EXPIRED, now),
+                (LEASE_EXPIRED, now),
             ).fetchall()
             conn.execute("DELETE FROM conveyor_locks WHERE expires_at < ?", (now,))
             return [r[0] for r in rows]
