@@ -288,7 +288,7 @@ class Queries:
         self.present = f"SELECT id FROM {s}.jobs WHERE id = ANY(%(ids)s::text[])"
         self.held = (
             f"SELECT {_DELIVERY_COLS} FROM {s}.jobs j"
-            f" WHERE j.state = {LEASED} AND j.lease_token = %(token)s"
+            f" WHERE j.state = {LEASED} AND j.lease_token = %(token)s AND j.lease_until >= {SERVER_NOW}"
         )
         self.stats_all = self._stats("")
         self.stats_some = self._stats(" WHERE queue = ANY(%(queues)s::text[])")
