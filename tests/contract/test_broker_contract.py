@@ -502,3 +502,91 @@ async def test_an_ack_repeated_after_it_was_taken_reports_no_refusal(broker: Bro
     [d] = await broker.lease([Q], 1, VT)
     assert await broker.ack([d]) == []
     assert await broker.ack([d]) == []  # as when the first reply was lost and the ack is sent again
+
+
+# -- rescue ---------------------------------------------------------------------------------
+
+
+async def test_a_rescued_message_keeps_its_eta_and_its_place_in_line(broker: Broker) -> None:
+    now = time.time()
+    oldest, older = msg(eta=now - 20), msg(eta=now - 10)
+    await broker.enqueue([oldest, older])
+    [d] = await broker.lease([Q], 1, 0.2)
+    assert d.id == oldest.id
+    await asyncio.sleep(0.4)
+    assert await broker.rescue() == [oldest.id]
+    await broker.enqueue([msg()])
+    assert (await broker.stats([Q]))[Q].oldest_age_s >= 19
+    got = await broker.lease([Q], 3, VT)
+    assert [g.id for g in got[:2]] == [oldest.id, older.id]
+    assert abs(got[0].eta - oldest.eta) < 1e-3 and got[0].redelivery == LEASE_EXPIRED
+
+
+# -- reclaiming a claim, and how long a claim is honoured ----------------------------------
+
+
+async def _untouched(broker: Broker, ids: set[str]) -> None:
+    """Every message of ``ids`` is ready and was never delivered (first delivery, attempt 1)."""
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.in_flight) == (len(ids), 0)
+    got = await broker.lease([Q], len(ids) + 1, VT)
+    assert {(d.id, d.attempts, d.redelivery) for d in got} == {(i, 1, "") for i in ids}
+
+
+async def test_reclaiming_a_claim_that_holds_nothing_returns_nothing_and_leases_nothing(broker: Broker) -> None:
+    assert await broker.lease([Q], 5, VT, claim="came-before") == []  # seen, committed nothing
+    waiting = [msg() for _ in range(3)]
+    await broker.enqueue(waiting)
+    assert await broker.reclaim("never-sent") == []
+    assert await broker.reclaim("came-before") == []
+    await _untouched(broker, {m.id for m in waiting})
+
+
+async def test_reclaiming_a_committed_claim_returns_its_deliveries_without_spending_attempts(
+    broker: Broker,
+) -> None:
+    await broker.enqueue([msg() for _ in range(3)])
+    first = await broker.lease([Q], 2, VT, claim="committed")
+    again = await broker.reclaim("committed")
+    assert sorted((d.id, d.attempts, d.lease_token, d.redelivery) for d in again) == sorted(
+        (d.id, 1, "committed", "") for d in first
+    )
+    assert await broker.reclaim("committed") == again  # as often as asked, in lease order
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.in_flight) == (1, 2)
+    await broker.release(again)
+    assert sorted(d.attempts for d in await broker.lease([Q], 5, VT)) == [1, 1, 1]  # none was spent
+
+
+async def test_another_instance_reclaims_a_claim_it_never_saw(peer_factory: ModuleType, tmp_path: Path) -> None:
+    async with peer_factory.make(tmp_path) as broker, peer_factory.make_peer(tmp_path) as peer:
+        await broker.enqueue([msg()])
+        [d] = await broker.lease([Q], 1, VT, claim="elsewhere")
+        assert [(r.id, r.attempts) for r in await peer.reclaim("elsewhere")] == [(d.id, 1)]
+
+
+async def test_reclaim_rejects_a_claim_that_is_not_a_non_empty_string(broker: Broker) -> None:
+    for bad in ("", None, 7):
+        try:
+            await broker.reclaim(bad)  # type: ignore[arg-type]
+        except ValueError as exc:
+            assert "claim" in str(exc)
+        else:
+            raise AssertionError(f"reclaim({bad!r}) was accepted")
+
+
+async def test_a_claim_is_honoured_for_exactly_its_live_leases(broker: Broker) -> None:
+    await broker.enqueue([msg() for _ in range(2)])
+    kept, done = await broker.lease([Q], 2, 0.3, claim="batch")
+    assert await broker.extend([kept], VT) == []
+    await broker.ack([done])  # the claim still holds the other one
+    await asyncio.sleep(1.6)  # past the first deadline plus any grace a broker might add
+    assert [(d.id, d.attempts) for d in await broker.lease([Q], 5, VT, claim="batch")] == [(kept.id, 1)]
+    assert [(d.id, d.attempts) for d in await broker.reclaim("batch")] == [(kept.id, 1)]
+    await broker.enqueue([late := msg()])
+    [expiring] = await broker.lease([Q], 1, 0.3, claim="expires")
+    await asyncio.sleep(0.5)  # expired, not yet rescued: no longer the claim's
+    await broker.enqueue([fresh := msg()])
+    [new] = await broker.lease([Q], 5, VT, claim="expires")
+    assert (new.id, new.attempts) == (fresh.id, 1) and expiring.id == late.id
+    assert [d.id for d in await broker.reclaim("expires")] == [fresh.id]

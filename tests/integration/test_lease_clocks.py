@@ -21,7 +21,7 @@ import pytest
 
 import conveyor.brokers.postgres
 import conveyor.brokers.redis
-from conveyor.brokers import Broker, Message
+from conveyor.brokers import Broker, Message, Selector
 from conveyor.job import new_id
 from tests.contract.factories import postgres, redis
 
@@ -122,3 +122,16 @@ async def test_a_job_sent_now_by_a_host_two_minutes_ahead_is_due_at_once(
             await ahead.enqueue([m])
         [d] = await worker.lease([Q], 1, 30.0)
         assert d.id == m.id
+
+
+async def test_a_dead_letter_retried_by_a_host_two_minutes_ahead_is_due_at_once(
+    shared: tuple[ModuleType, ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with two_hosts(shared, tmp_path) as (ahead, worker):
+        await worker.enqueue([m := msg()])
+        [d] = await worker.lease([Q], 1, 30.0)
+        await worker.dead(d, "non_retryable")
+        with clock_off_by(shared[1], TWO_MINUTES, monkeypatch):
+            assert await ahead.dlq_retry(Selector(ids=[m.id])) == [m.id]
+        [again] = await worker.lease([Q], 1, 30.0)
+        assert (again.id, again.attempts) == (m.id, 1)

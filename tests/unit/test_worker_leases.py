@@ -196,3 +196,39 @@ async def test_a_handler_that_swallows_cancellation_cannot_keep_the_worker_from_
     broker = await app.broker()
     [again] = await broker.lease(["default"], 1, 30)  # requeued, not left leased to a stopped worker
     assert (again.id, again.redelivery) == (job_id, WORKER_SHUTDOWN)
+
+
+class LeaseNeverCommits(MemoryBroker):
+    """A memory broker whose first lease call fails before it takes anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = asyncio.Event()
+
+    async def lease(
+        self, queues: Sequence[str], limit: int, visibility_timeout: float, *, claim: str | None = None
+    ) -> list[Delivery]:
+        if not self.failed.is_set():
+            self.failed.set()
+            raise ConnectionError("connection lost before the lease was sent")
+        return await super().lease(queues, limit, visibility_timeout, claim=claim)
+
+
+async def test_a_worker_stopping_with_a_claim_that_holds_nothing_leaves_the_queued_jobs_alone() -> None:
+    app = App("memory://")
+    broker = app._connections._shared = LeaseNeverCommits()
+
+    @app.job
+    async def waiting() -> None:
+        raise AssertionError("the worker never leased anything")
+
+    job_ids = {await waiting.send_async() for _ in range(3)}
+    worker = Worker(app, WorkerConfig(concurrency=1, poll_interval=30.0, visibility_timeout=30.0))
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(broker.failed.wait(), 10)
+    worker.request_stop()  # while the worker waits to repeat the failed call with its claim
+    await asyncio.wait_for(run, 10)
+    s = (await broker.stats(["default"]))["default"]
+    assert (s.ready, s.in_flight) == (3, 0)
+    again = await MemoryBroker.lease(broker, ["default"], 10, 30.0)
+    assert {(d.id, d.attempts, d.redelivery) for d in again} == {(i, 1, "") for i in job_ids}

@@ -132,13 +132,21 @@ class Selector:
             raise ValueError("select dead letters by id, or pass all=True")
 
 
+def check_claim(claim: object) -> str:
+    """``claim`` if it is a valid lease claim (a non-empty string); else a clear ValueError."""
+    if not isinstance(claim, str) or not claim:
+        raise ValueError(f"a lease claim is a non-empty string, got {claim!r}")
+    return claim
+
+
 class Claims:
     """The claims of one broker instance's recent lease calls.
 
     A lease token is the call's claim (or a random one without a claim). A claim
     this instance has not seen before cannot hold anything, so the lease takes
     new messages at once; a claim seen before (a retry after a lost reply) first
-    looks for the messages still leased with it. Only retries pay for that look-up.
+    looks for the live leases still held with it. Only retries pay for that
+    look-up; :meth:`Broker.reclaim` always looks.
     """
 
     def __init__(self, size: int = CLAIM_MEMORY) -> None:
@@ -150,8 +158,7 @@ class Claims:
         """The lease token for a call with ``claim``, and whether the claim came before."""
         if claim is None:
             return str(uuid_utils.uuid4()), False
-        if not isinstance(claim, str) or not claim:
-            raise ValueError(f"a lease claim is a non-empty string, got {claim!r}")
+        check_claim(claim)
         with self._lock:
             if claim in self._seen:
                 return claim, True
@@ -194,6 +201,24 @@ class Broker(ABC):
         reply was lost) calls again with the same claim, and gets back the
         messages that claim still holds, attempts unchanged, instead of new ones.
         A claim that holds nothing leases new messages.
+
+        What a claim holds: the messages leased with it (their lease token is the
+        claim) whose lease is still live by the broker's clock, whether or not the
+        others of its batch were acked, nacked or released meanwhile, and for as
+        long as extensions keep them live. A lease that expired is no longer the
+        claim's, rescued or not. (Memory, SQLite and PostgreSQL look only for the
+        claims of the last :data:`CLAIM_MEMORY` calls of the same instance; a
+        retry comes within seconds.)
+        """
+
+    @abstractmethod
+    async def reclaim(self, claim: str) -> list[Delivery]:
+        """The deliveries ``claim`` holds (as :meth:`lease` defines it), attempts and
+        leases unchanged, in lease order; never leases anything.
+
+        For a caller that will not lease again (a worker stopping after a lease
+        call raised) and only wants back what that call may have taken. Any
+        instance on the store answers it, not only the one that leased.
         """
 
     @abstractmethod
@@ -232,7 +257,13 @@ class Broker(ABC):
     @abstractmethod
     async def rescue(self) -> list[str]:
         """Return messages whose lease deadline passed (by the broker's clock) to their
-        queues; return their ids."""
+        queues, marked :data:`LEASE_EXPIRED`; return their ids.
+
+        A rescued message keeps its ``eta``: it was due when leased, so it is due to
+        every worker whatever its clock, it keeps its place in line (before messages
+        of its priority that came later), and the queue's ``oldest_age_s`` still
+        counts from when it first became due.
+        """
 
     @abstractmethod
     async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:

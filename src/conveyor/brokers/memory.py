@@ -27,6 +27,7 @@ from .base import (
     Message,
     QueueStats,
     Selector,
+    check_claim,
 )
 
 
@@ -118,10 +119,9 @@ class MemoryBroker(Broker):
         out: list[Delivery] = []
         with self._lock:
             if retry:
-                held = [r for r in self._records.values() if r.state == "leased" and r.token == token]
+                held = self._held(token, now)
                 if held:
-                    held.sort(key=lambda r: (-r.msg.priority, r.eta, r.seq))
-                    return [_delivery(r) for r in held]
+                    return held
             heaps = []
             for name in queues:
                 q = self._queues.get(name)
@@ -141,6 +141,18 @@ class MemoryBroker(Broker):
                 rec.token = token
                 out.append(_delivery(rec))
         return out
+
+    def _held(self, token: str, now: float) -> list[Delivery]:
+        """The live leases of ``token``, in lease order (call under the lock)."""
+        held = [r for r in self._records.values() if r.state == "leased" and r.token == token]
+        held = [r for r in held if r.lease_until >= now]
+        held.sort(key=lambda r: (-r.msg.priority, r.eta, r.seq))
+        return [_delivery(r) for r in held]
+
+    async def reclaim(self, claim: str) -> list[Delivery]:
+        token = check_claim(claim)
+        with self._lock:
+            return self._held(token, time.time())
 
     def _owned(self, d: Delivery) -> _Record | None:
         rec = self._records.get(d.id)
@@ -209,8 +221,7 @@ class MemoryBroker(Broker):
         with self._lock:
             for rec in self._records.values():
                 if rec.state == "leased" and rec.lease_until < now:
-                    rec.redelivery = LEASE_EXPIRED
-                    rec.eta = now
+                    rec.redelivery = LEASE_EXPIRED  # its eta stays: it keeps its place in line
                     self._place(rec, now)
                     rescued.append(rec.msg.id)
             for name in [n for n, (_, until) in self._locks.items() if until <= now]:

@@ -39,6 +39,7 @@ from .base import (
     Message,
     QueueStats,
     Selector,
+    check_claim,
 )
 from .postgres_sql import Queries, Settings, enqueue_params, migrations, parse_url
 
@@ -261,9 +262,10 @@ class PostgresBroker(Broker):
                     return held
             return (await self._on(conn, sql, params))[0]
 
-        rows = await self._retrying(take)
-        rows.sort(key=lambda r: (-r[6], r[7], r[10]))
-        return [Delivery(*r[:10]) for r in rows]
+        return _deliveries(await self._retrying(take))
+
+    async def reclaim(self, claim: str) -> list[Delivery]:
+        return _deliveries(await self._fetch(self.sql.held, {"token": check_claim(claim)}))
 
     @staticmethod
     def _pairs(deliveries: Sequence[Delivery]) -> dict[str, Any]:
@@ -458,3 +460,9 @@ def _missed(deliveries: Sequence[Delivery], rows: Sequence[tuple[Any, ...]]) -> 
     """The ids of ``deliveries`` that a statement returning (id, token) of its changes missed."""
     done = {(r[0], r[1]) for r in rows}
     return [d.id for d in deliveries if (d.id, d.lease_token) not in done]
+
+
+def _deliveries(rows: list[tuple[Any, ...]]) -> list[Delivery]:
+    """Deliveries from rows of the lease columns (``seq`` last), in lease order."""
+    rows.sort(key=lambda r: (-r[6], r[7], r[10]))
+    return [Delivery(*r[:10]) for r in rows]

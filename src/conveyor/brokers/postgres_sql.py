@@ -6,8 +6,12 @@ statements the broker runs. :mod:`conveyor.brokers.postgres` runs them on
 its pool; :mod:`conveyor.brokers.postgres_tx` runs the enqueue statement on
 the caller's own connection.
 
-Times are Unix epoch seconds (``double precision``) from the clocks of the
-processes using the broker, as with every conveyor broker.
+Times are Unix epoch seconds (``double precision``). Lease deadlines, rescue,
+named locks, what a lease claim holds and whether a job is due at lease time
+are judged by the server's clock (:data:`SERVER_NOW`), so hosts with skewed
+clocks agree on them; due times (``eta``, ``retry_at``) and ``dead_at`` are
+the clients', except that a job sent or DLQ-retried to run now is never due
+later than the server's now.
 """
 
 from __future__ import annotations
@@ -284,7 +288,7 @@ class Queries:
         self.present = f"SELECT id FROM {s}.jobs WHERE id = ANY(%(ids)s::text[])"
         self.held = (
             f"SELECT {_DELIVERY_COLS} FROM {s}.jobs j"
-            f" WHERE j.state = {LEASED} AND j.lease_token = %(token)s"
+            f" WHERE j.state = {LEASED} AND j.lease_token = %(token)s AND j.lease_until >= {SERVER_NOW}"
         )
         self.stats_all = self._stats("")
         self.stats_some = self._stats(" WHERE queue = ANY(%(queues)s::text[])")
@@ -389,7 +393,9 @@ class Queries:
 
     def dlq_retry(self, where: str) -> str:
         return _notifying(
-            f"UPDATE {self.schema}.jobs SET state = {READY}, attempts = 0, interruptions = 0, eta = %(now)s,"
+            # due now by the server's clock too (a client ahead of it must not hold the job back)
+            f"UPDATE {self.schema}.jobs SET state = {READY}, attempts = 0, interruptions = 0,"
+            f" eta = LEAST(%(now)s, {SERVER_NOW}),"
             " redelivery = %(reason)s, reason = NULL, error_type = NULL,"
             f" error_message = NULL, traceback = NULL, dead_at = NULL WHERE {where}"
         )

@@ -38,6 +38,7 @@ from .base import (
     Message,
     QueueStats,
     Selector,
+    check_claim,
 )
 
 log = logging.getLogger("conveyor.brokers.redis")
@@ -134,7 +135,7 @@ class RedisBroker(Broker):
         except BaseException:
             await client.aclose()
             raise
-        names = ("ENQUEUE", "LEASE", "ACK", "NACK", "RELEASE", "DEAD", "EXTEND", "RESCUE",
+        names = ("ENQUEUE", "LEASE", "RECLAIM", "ACK", "NACK", "RELEASE", "DEAD", "EXTEND", "RESCUE",
                  "DLQ_RETRY", "DLQ_PURGE", "DLQ_GET", "DLQ_PRUNE", "LOCK_ACQUIRE", "LOCK_RELEASE")
         self._scripts = {n: client.register_script(getattr(lua, n)) for n in names}
         self._client = client
@@ -180,11 +181,11 @@ class RedisBroker(Broker):
         for q, due in zip(qs, nexts, strict=False):
             if due:
                 self._due[q] = min(self._due.get(q, math.inf), float(due))
-        return [
-            Delivery(_s(r[0]), _s(r[1]), _s(r[2]), r[3], int(r[4]), token, int(r[5]),
-                     float(r[6]), float(r[7]), _s(r[8]))
-            for r in rows
-        ]
+        return _deliveries(rows, token)
+
+    async def reclaim(self, claim: str) -> list[Delivery]:
+        token = check_claim(claim)
+        return _deliveries(await self._run("RECLAIM", token), token)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
         if not deliveries:
@@ -426,3 +427,12 @@ class RedisBroker(Broker):
 
 def _pairs(deliveries: Sequence[Delivery]) -> list[str]:
     return [x for d in deliveries for x in (d.id, d.lease_token)]
+
+
+def _deliveries(rows: Any, token: str) -> list[Delivery]:
+    """Deliveries from the rows of the LEASE / RECLAIM scripts (see their row())."""
+    return [
+        Delivery(_s(r[0]), _s(r[1]), _s(r[2]), r[3], int(r[4]), token, int(r[5]),
+                 float(r[6]), float(r[7]), _s(r[8]))
+        for r in rows
+    ]

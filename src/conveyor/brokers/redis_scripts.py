@@ -76,15 +76,11 @@ local function owned(id, token)
   return nil
 end
 
--- A job leaves the in-flight set; the claim of its lease is no longer needed
--- (the lease call returned, or it would not be acked, retried or rescued).
-local unclaimed = {}
+-- A job leaves the in-flight set, and the set of its lease claim (claimed:<token>,
+-- which Redis deletes with its last member).
 local function unlease(id, q)
   local token = redis.call('HGET', jkey(id), 'token')
-  if token and token ~= '' and not unclaimed[token] then
-    unclaimed[token] = true
-    redis.call('DEL', P .. ':claim:' .. token)
-  end
+  if token and token ~= '' then redis.call('SREM', P .. ':claimed:' .. token, id) end
   redis.call('ZREM', P .. ':inflight', id)
   redis.call('HINCRBY', P .. ':leased', q, -1)
 end
@@ -141,30 +137,47 @@ publish(wake)
 return 0
 """
 
-# ARGV: prefix, visibility timeout, limit, token (the claim), queues... Delayed jobs
-# are promoted by the server's clock.
-# Returns {deliveries, next due eta per queue ('' when none)}; a delivery is
-# {id, queue, type, body, attempts, priority, eta, created_at, redelivery}.
-# A token seen before (the reply of that call was lost) returns the jobs it still
-# holds, attempts unchanged, instead of leasing new ones.
-LEASE = _PRELUDE + """
-local vt, limit, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local ck = P .. ':claim:' .. token
+_CLAIMS = """
+-- A delivery row: {id, queue, type, body, attempts, priority, eta, created_at, redelivery}.
 local function row(id, jk, attempts)
   local f = redis.call('HMGET', jk, 'queue', 'type', 'body', 'priority', 'eta', 'created_at',
     'redelivery')
   return {id, f[1], f[2], f[3], tostring(attempts), f[4], f[5], f[6], f[7]}
 end
-local claimed = redis.call('GET', ck)
-if claimed then
-  local held = {}
-  for id in string.gmatch(claimed, '[^,]+') do
+
+-- The rows of the jobs still leased with this token (claim) whose lease is live by the
+-- server's clock, in lease order. claimed:<token> is the set of the ids the claim leased
+-- that have not left the in-flight set since.
+local function held(token)
+  local now, found = tonumber(server_now()), {}
+  for _, id in ipairs(redis.call('SMEMBERS', P .. ':claimed:' .. token)) do
     local jk = jkey(id)
-    local f = redis.call('HMGET', jk, 'state', 'token', 'attempts')
-    if f[1] == 'leased' and f[2] == token then held[#held + 1] = row(id, jk, f[3]) end
+    local f = redis.call('HMGET', jk, 'state', 'token', 'until', 'attempts', 'priority', 'eta', 'seq')
+    if f[1] == 'leased' and f[2] == token and tonumber(f[3]) >= now then
+      found[#found + 1] = {-tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), row(id, jk, f[4])}
+    end
   end
-  if #held > 0 then return {held, {}} end
+  table.sort(found, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    if a[2] ~= b[2] then return a[2] < b[2] end
+    return a[3] < b[3]
+  end)
+  local rows = {}
+  for i, h in ipairs(found) do rows[i] = h[4] end
+  return rows
 end
+"""
+
+# ARGV: prefix, visibility timeout, limit, token (the claim), queues... Delayed jobs
+# are promoted by the server's clock.
+# Returns {deliveries, next due eta per queue ('' when none)}; see row() for a delivery.
+# A token that holds live leases (the reply of that call was lost) returns them,
+# attempts unchanged, instead of leasing new ones.
+LEASE = _PRELUDE + _CLAIMS + """
+local vt, limit, token = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local ck = P .. ':claimed:' .. token
+local claimed = held(token)
+if #claimed > 0 then return {claimed, {}} end
 local now, deadline = server_now(), deadline_in(vt)
 local cands, nexts = {}, {}
 for i = 5, #ARGV do
@@ -186,7 +199,7 @@ table.sort(cands, function(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end)
-local out, ids = {}, {}
+local out = {}
 for k = 1, math.min(limit, #cands) do
   local rk, q = cands[k][2], cands[k][3]
   local id = string.sub(rk, 38)
@@ -199,12 +212,11 @@ for k = 1, math.min(limit, #cands) do
     redis.call('ZADD', P .. ':inflight', deadline, id)
     redis.call('HINCRBY', P .. ':leased', q, 1)
     out[#out + 1] = row(id, jk, attempts)
-    ids[#ids + 1] = id
+    redis.call('SADD', ck, id)
   end
 end
-if #ids > 0 then
-  redis.call('SET', ck, table.concat(ids, ','), 'PX', math.ceil(tonumber(vt) * 1000) + 1000)
-end
+-- a safety net only: the set empties as its jobs leave the in-flight set (EXTEND lengthens it)
+if #out > 0 then redis.call('PEXPIRE', ck, math.ceil(tonumber(vt) * 1000) + 1000) end
 return {out, nexts}
 """.replace("PROMOTE_BATCH", str(PROMOTE_BATCH))
 
@@ -282,18 +294,28 @@ return 1
 """
 
 # ARGV: prefix, visibility timeout, then (id, token) pairs. Returns the ids not renewed.
+# A claim set lives at least as long as the leases it lists.
 EXTEND = _PRELUDE + """
 local deadline = deadline_in(ARGV[2])
+local ttl = math.ceil(tonumber(ARGV[2]) * 1000) + 1000
 local lost = {}
 for i = 3, #ARGV, 2 do
   if owned(ARGV[i], ARGV[i + 1]) then
     redis.call('HSET', jkey(ARGV[i]), 'until', deadline)
     redis.call('ZADD', P .. ':inflight', 'XX', deadline, ARGV[i])
+    local ck = P .. ':claimed:' .. ARGV[i + 1]
+    if redis.call('PTTL', ck) < ttl then redis.call('PEXPIRE', ck, ttl) end
   else
     lost[#lost + 1] = ARGV[i]
   end
 end
 return lost
+"""
+
+# ARGV: prefix, token (the claim). Returns what LEASE would return for a claim that holds
+# live leases (see held()), without ever leasing.
+RECLAIM = _PRELUDE + _CLAIMS + """
+return held(ARGV[2])
 """
 
 # ARGV: prefix, batch size. Returns the ids put back (at most one batch). Expiry is

@@ -33,6 +33,7 @@ from .base import (
     Message,
     QueueStats,
     Selector,
+    check_claim,
 )
 
 T = TypeVar("T")
@@ -211,19 +212,17 @@ class SQLiteBroker(Broker):
         )
 
         def take(conn: sqlite3.Connection) -> list[Delivery]:
-            rows = []
-            if retry:
-                rows = conn.execute(
-                    f"SELECT {_DELIVERY_COLS}, rowid FROM conveyor_jobs WHERE state = 1 AND lease_token = ?",
-                    (token,),
-                ).fetchall()
-            if not rows:
-                now = time.time()
-                rows = conn.execute(sql, (now + visibility_timeout, token, *queues, now, limit)).fetchall()
-            rows.sort(key=lambda r: (-r[6], r[7], r[10]))
-            return [Delivery(*r[:10]) for r in rows]
+            held = _held(conn, token) if retry else []
+            if held:
+                return held
+            now = time.time()
+            return _deliveries(conn.execute(sql, (now + visibility_timeout, token, *queues, now, limit)).fetchall())
 
         return await self._tx(take)
+
+    async def reclaim(self, claim: str) -> list[Delivery]:
+        token = check_claim(claim)
+        return await self._run(_held, token)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> list[str]:
         def delete(conn: sqlite3.Connection) -> list[str]:
@@ -292,9 +291,10 @@ class SQLiteBroker(Broker):
         def requeue(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             rows = conn.execute(
-                "UPDATE conveyor_jobs SET state = 0, eta = ?, lease_until = NULL, lease_token = NULL,"
+                # a rescued job keeps its eta, and so its place in line
+                "UPDATE conveyor_jobs SET state = 0, lease_until = NULL, lease_token = NULL,"
                 " redelivery = ? WHERE state = 1 AND lease_until < ? RETURNING id",
-                (now, LEASE_EXPIRED, now),
+                (LEASE_EXPIRED, now),
             ).fetchall()
             conn.execute("DELETE FROM conveyor_locks WHERE expires_at < ?", (now,))
             return [r[0] for r in rows]
@@ -425,3 +425,18 @@ class SQLiteBroker(Broker):
 def _each(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[str]:
     """Run ``sql`` once per row (its last two values: id, lease token); return the ids it missed."""
     return [row[-2] for row in rows if conn.execute(sql, row).rowcount == 0]
+
+
+def _held(conn: sqlite3.Connection, token: str) -> list[Delivery]:
+    """The live leases of ``token`` (a lease claim), in lease order."""
+    rows = conn.execute(
+        f"SELECT {_DELIVERY_COLS}, rowid FROM conveyor_jobs WHERE state = 1 AND lease_token = ? AND lease_until >= ?",
+        (token, time.time()),
+    ).fetchall()
+    return _deliveries(rows)
+
+
+def _deliveries(rows: list[Any]) -> list[Delivery]:
+    """Deliveries from rows of ``_DELIVERY_COLS, rowid``, in lease order."""
+    rows.sort(key=lambda r: (-r[6], r[7], r[10]))
+    return [Delivery(*r[:10]) for r in rows]

@@ -313,10 +313,7 @@ class Worker:
         """Give back unstarted jobs, let running ones finish, then requeue stragglers."""
         unstarted = []
         if self._claim is not None:  # a lease reply was lost: give back what that claim holds
-            claimed = await _quietly(
-                broker.lease(self.queues, self.capacity, self.config.visibility_timeout, claim=self._claim[0]),
-                "recover the jobs of a lost lease reply",
-            )
+            claimed = await _quietly(broker.reclaim(self._claim[0]), "recover the jobs of a lost lease reply")
             self._claim = None
             unstarted += claimed or []
         while not buffer.empty():
