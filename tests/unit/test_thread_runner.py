@@ -54,3 +54,25 @@ async def test_a_call_cancelled_while_waiting_for_a_thread_never_starts() -> Non
     finally:
         release.set()
         runner.stop()
+
+
+async def test_a_report_callback_that_raises_loses_no_result(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+
+    def broken(report: StuckThread[str]) -> None:
+        raise RuntimeError("reporting bug")
+
+    runner = ThreadRunner[str](loop, 2, on_stuck=broken, on_returned=broken)
+    release = threading.Event()
+    try:
+        with pytest.raises(CallTimedOut):
+            await runner.call(lambda: release.wait(30) and "late", timeout=0.05, tag="stuck")
+        # The stuck call returns in the same batch as calls finishing on the other threads.
+        quick = [asyncio.ensure_future(runner.call(lambda n=n: release.wait(30) and n, tag=f"q{n}")) for n in range(2)]
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(*quick), 10) == [0, 1]
+        assert any("reporting a stuck thread failed" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()
+        runner.stop()

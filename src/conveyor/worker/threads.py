@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.worker")
 
 _STOP = object()
 _QUEUED, _RUNNING, _GIVEN_UP, _STUCK, _DONE = range(5)  # a call's states
@@ -186,10 +188,9 @@ class ThreadRunner(Generic[T]):
             self._start_thread()
         if not c.fut.done():
             c.fut.set_exception(CallTimedOut(f"ran past its timeout of {c.timeout}s"))
-        if self._on_stuck is not None:
-            self._on_stuck(report)
-        if report.short and self._on_short is not None:
-            self._on_short(report)
+        _notify(self._on_stuck, report)
+        if report.short:
+            _notify(self._on_short, report)
 
     def _arm(self, c: _Call[T]) -> None:
         """A call whose timeout came due while queued has begun: start its clock."""
@@ -204,8 +205,7 @@ class ThreadRunner(Generic[T]):
                 self._arm(c)
                 continue
             if kind == _RETURNED:  # a stuck call returned; its result is discarded
-                if self._on_returned is not None:
-                    self._on_returned(value)
+                _notify(self._on_returned, value)
                 continue
             if c.fut.done():  # cancelled: a forced stop gave up on it
                 continue
@@ -269,3 +269,13 @@ class ThreadRunner(Generic[T]):
         """Let idle threads exit; a thread stuck in a call ends with the process (daemon)."""
         for _ in range(self._alive):
             self._calls.put(_STOP)
+
+
+def _notify(callback: Callable[[StuckThread[T]], None] | None, report: StuckThread[T]) -> None:
+    """Call a report callback; one that raises is logged, never left to break result hand-back."""
+    if callback is None:
+        return
+    try:
+        callback(report)
+    except Exception:
+        log.exception("reporting a stuck thread failed (%s)", report.thread)
