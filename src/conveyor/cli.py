@@ -202,9 +202,14 @@ def worker(
     )
     result = run_worker(app, config)
     c = result.counters
+    extra = "".join(
+        f", {n} {what}"
+        for n, what in ((c.ack_refused, "acks refused (lease lost)"), (result.abandoned, "requeued at shutdown"))
+        if n
+    )
     click.echo(
         f"worker {result.worker_id} stopped ({result.reason}): {c.completed} completed,"
-        f" {c.failed} failed attempts, {c.retried} retried, {c.dead} dead",
+        f" {c.failed} failed attempts, {c.retried} retried, {c.dead} dead{extra}",
         err=True,
     )
 

@@ -103,6 +103,8 @@ class Connections:
         self._portal = portal
         self._lock = threading.Lock()
         self._shared: Broker | None = None
+        self._connected: Broker | None = None
+        """The shared broker once its ``connect()`` returned."""
         self._loops: dict[asyncio.AbstractEventLoop, _Opened] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._exit_hook: Callable[[], None] | None = None
@@ -128,6 +130,8 @@ class Connections:
 
     async def _shared_broker(self) -> Broker:
         shared = self._shared
+        if shared is not None and shared is self._connected:
+            return shared  # the hot path of every send: no call into the broker
         if shared is None:
             with self._lock:
                 if self._shared is None:
@@ -135,6 +139,7 @@ class Connections:
                     self._close_at_exit()
                 shared = self._shared
         await shared.connect()
+        self._connected = shared
         return shared
 
     def _forget(self, opened: _Opened) -> None:
@@ -167,6 +172,7 @@ class Connections:
         with self._lock:
             self._abandon_closed_loops()
             shared, self._shared = self._shared, None
+            self._connected = None
             opened = list(self._loops.values())
             hook, self._exit_hook = self._exit_hook, None
         if hook is not None:
