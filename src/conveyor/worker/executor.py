@@ -286,7 +286,8 @@ class Executor:
 
     def emit_worker(self, d: Delivery, signal: sig.Signal, **attrs: Any) -> None:
         """Emit a worker signal (busy, idle) around delivery ``d``; never raises."""
-        self._emit_quietly(signal, d, d.type, worker_id=self.worker_id, **attrs)
+        if self.bus.wants(signal):  # busy/idle flip at nearly every job: skip building attributes
+            self._emit_quietly(signal, d, d.type, worker_id=self.worker_id, **attrs)
 
     def _emit_quietly(self, signal: sig.Signal, d: Delivery, of_type: str, /, **attrs: Any) -> None:
         try:

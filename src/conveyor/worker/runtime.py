@@ -120,6 +120,7 @@ class Worker:
         self._lost: dict[tuple[str, str], None] = {}
         self._claim: tuple[str, float] | None = None
         """The claim of a lease call that raised (and when it was first sent), until one succeeds."""
+        self._vt = self.config.visibility_timeout
         self._renewed: dict[str, float] = {}
         """Job id -> monotonic time before the call that last set its lease deadline."""
         self._retry_horizon = 0.0
@@ -199,7 +200,7 @@ class Worker:
                     return
                 if self._buffered.get(d.id) is d:
                     del self._buffered[d.id]
-                if (d.id, d.lease_token) in self._lost:
+                if self._lost and (d.id, d.lease_token) in self._lost:
                     slot_freed.set()
                     continue  # lost before it started: whoever holds the lease runs it
                 if not self._running:
@@ -391,8 +392,8 @@ class Worker:
         renewed = self._renewed.get(d.id)
         return (
             renewed is not None
-            and time.monotonic() < renewed + self.config.visibility_timeout
-            and (d.id, d.lease_token) not in self._lost
+            and time.monotonic() < renewed + self._vt
+            and not (self._lost and (d.id, d.lease_token) in self._lost)
         )
 
     def _lease_lost(self, d: Delivery, detected_by: str) -> None:
