@@ -89,10 +89,12 @@ def test_a_demo_on_a_busy_port_says_how_to_choose_another_and_where_its_database
 def test_make_demo_passes_port_to_the_dashboard() -> None:
     make = shutil.which("make")
     assert make is not None, "make is needed to check the Makefile"
-    # -n prints the recipe without running anything; the venv stamp is taken as up to date
+    # -n prints the recipe without running anything; the venv stamp is taken as up to date.
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        [make, "-n", "-o", ".venv/.core", "demo", "PORT=8001", "DURATION=5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [make, "-n", "--no-print-directory", "-o", ".venv/.core", "demo", "PORT=8001", "DURATION=5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == ".venv/bin/conveyor demo --duration 5 --dashboard-port 8001"
