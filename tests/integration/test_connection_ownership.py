@@ -264,3 +264,22 @@ def test_a_producer_that_exits_without_close_prints_nothing_and_its_jobs_arrive(
         assert ready(app) == 3
     finally:
         app.close()
+
+
+def test_a_sqlite_producer_that_exits_without_close_prints_nothing_and_its_jobs_arrive(tmp_path: Path) -> None:
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    done = subprocess.run(
+        [sys.executable, "-W", "default::ResourceWarning", str(script)],
+        env={**os.environ, "CONVEYOR_TEST_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 2,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    app = App(url)
+    try:
+        assert app.stats(["q"])["q"].ready == 3
+    finally:
+        app.close()

@@ -178,7 +178,10 @@ class SQLiteBroker(Broker):
             self._conn = None
 
         if self._conn is not None:
-            await self._run(shut)
+            try:
+                await self._run(shut)
+            except RuntimeError:  # at interpreter exit executors take no new work; close it here
+                shut(self._conn)
         self._executor.shutdown(wait=True)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-sqlite")
 
