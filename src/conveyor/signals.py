@@ -431,7 +431,11 @@ JOB_LEASE_LOST = Signal(
     " one finishes, and its ack is refused.",
     (
         *_RUN,
-        StringKey("detected_by", "'extend' (the lease heartbeat) or 'ack' (a refused ack)"),
+        StringKey(
+            "detected_by",
+            "'extend' (the lease heartbeat), 'ack' (a refused ack), 'nack' (a refused retry)"
+            " or 'dead' (a refused dead-letter)",
+        ),
         BoolKey("started", "whether the job had started running in this worker"),
     ),
 )

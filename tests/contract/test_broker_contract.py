@@ -590,3 +590,30 @@ async def test_a_claim_is_honoured_for_exactly_its_live_leases(broker: Broker) -
     [new] = await broker.lease([Q], 5, VT, claim="expires")
     assert (new.id, new.attempts) == (fresh.id, 1) and expiring.id == late.id
     assert [d.id for d in await broker.reclaim("expires")] == [fresh.id]
+
+
+# -- nack and dead report whether the lease-token check let them through --------------------
+
+
+async def test_nack_and_dead_with_a_stale_token_return_false_and_change_nothing(broker: Broker) -> None:
+    old, new = await _taken_over(broker)
+    assert await broker.nack(old, time.time(), Failure("E", "m")) is False
+    assert await broker.dead(old, "non_retryable", Failure("E", "m")) is False
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.delayed, s.in_flight, s.dead) == (0, 0, 1, 0)
+    assert await broker.dlq_list(Q) == []
+    assert await broker.extend([new], VT) == []  # the holder's lease is intact
+    assert await broker.ack([new]) == []
+
+
+async def test_nack_and_dead_with_the_live_token_return_true(broker: Broker) -> None:
+    await broker.enqueue([m := msg()])
+    d = await _lease_one(broker)
+    assert await broker.nack(d, time.time(), Failure("E", "m")) is True
+    again = await _lease_one(broker)
+    assert (again.id, again.attempts) == (m.id, 2)
+    assert await broker.dead(again, "non_retryable", Failure("E", "m")) is True
+    [letter] = await broker.dlq_list(Q)
+    assert (letter.id, letter.reason) == (m.id, "non_retryable")
+    s = (await broker.stats([Q]))[Q]
+    assert (s.ready, s.in_flight, s.dead) == (0, 0, 1)

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Sequence
 
+import pytest
+
 from conveyor import App, Worker, WorkerConfig
 from conveyor.brokers import WORKER_SHUTDOWN, Delivery
 from conveyor.brokers.memory import MemoryBroker
-from conveyor.testing import capture_signals
+from conveyor.testing import CapturedSignals, capture_signals
+from conveyor.worker.runtime import WorkerResult
 
 VT = 0.3  # the heartbeat renews every VT / 3 seconds
 
@@ -232,3 +236,54 @@ async def test_a_worker_stopping_with_a_claim_that_holds_nothing_leaves_the_queu
     assert (s.ready, s.in_flight) == (3, 0)
     again = await MemoryBroker.lease(broker, ["default"], 10, 30.0)
     assert {(d.id, d.attempts, d.redelivery) for d in again} == {(i, 1, "") for i in job_ids}
+
+
+# -- a failure settled after the lease was lost: the retry or dead letter is refused ----------
+
+
+async def _fails_after_take_over(
+    app: App, caplog: pytest.LogCaptureFixture, max_attempts: int, detected_by: str
+) -> tuple[WorkerResult, CapturedSignals, list[logging.LogRecord]]:
+    """Run a job that fails after another worker took its lease; check what both have in common."""
+    taken: list[Delivery] = []
+
+    @app.job(max_attempts=max_attempts)
+    async def fails() -> None:
+        time.sleep(VT * 4)  # blocks the loop: no heartbeat, the lease expires
+        taken.extend(take_over(app))
+        raise RuntimeError("boom")
+
+    job_id = await fails.send_async()
+    with capture_signals(app) as events, caplog.at_level(logging.WARNING, "conveyor.worker"):
+        result = await Worker(app, config()).run()
+    assert [d.id for d in taken] == [job_id]
+    assert [e.attrs["will_retry"] for e in events.named("job.failed")] == [max_attempts > 1]  # it did fail
+    [lost] = events.named("job.lease_lost")
+    assert (lost.attrs["job_id"], lost.attrs["detected_by"], lost.attrs["started"]) == (job_id, detected_by, True)
+    assert result.counters.failed == 1
+    refused = [r for r in caplog.records if "lost its lease before it was settled" in r.getMessage()]
+    assert [(r.levelno, r.__dict__["job_id"]) for r in refused] == [(logging.WARNING, job_id)]
+    broker = await app.broker()
+    assert await broker.extend(taken, 30.0) == []  # the other worker's lease is intact
+    return result, events, refused
+
+
+async def test_a_failed_job_whose_lease_was_lost_is_not_reported_as_retrying(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    result, events, [refused] = await _fails_after_take_over(app, caplog, 3, "nack")
+    assert "the retry was refused" in refused.getMessage()
+    assert events.named("job.retrying") == []
+    assert result.counters.retried == 0
+
+
+async def test_a_final_failure_whose_lease_was_lost_is_not_dead_lettered(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    result, events, [refused] = await _fails_after_take_over(app, caplog, 1, "dead")
+    assert "the dead-letter (max_attempts_exceeded) was refused" in refused.getMessage()
+    assert events.named("job.dead") == []
+    assert result.counters.dead == 0
+    assert not [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert app.dlq_list() == []
+    assert app.stats()["default"].in_flight == 1

@@ -393,13 +393,13 @@ class FailsOnce(MemoryBroker):
             self.failed.set()
             raise ConnectionError(f"{name} lost its connection")
 
-    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> bool:
         self._maybe_fail("nack")
-        await super().nack(delivery, retry_at, failure)
+        return await super().nack(delivery, retry_at, failure)
 
-    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> bool:
         self._maybe_fail("dead")
-        await super().dead(delivery, reason, failure)
+        return await super().dead(delivery, reason, failure)
 
 
 @pytest.fixture(params=["nack", "dead"])

@@ -229,8 +229,12 @@ class Broker(ABC):
         lost reply is not mistaken for a refusal."""
 
     @abstractmethod
-    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
-        """Return a message to its queue, due at ``retry_at``; attempts are kept."""
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> bool:
+        """Return a message to its queue, due at ``retry_at``; attempts are kept.
+
+        Returns False, changing nothing, when the lease-token check refuses it: the
+        lease was lost (the message was rescued and re-leased, is dead, or is gone).
+        """
 
     @abstractmethod
     async def release(
@@ -246,8 +250,12 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
-        """Move a message to the dead-letter store with a machine-readable ``reason``."""
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> bool:
+        """Move a message to the dead-letter store with a machine-readable ``reason``.
+
+        Returns False, changing nothing, when the lease-token check refuses it (as
+        for :meth:`nack`): another worker may hold the message now.
+        """
 
     @abstractmethod
     async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:

@@ -170,14 +170,15 @@ class MemoryBroker(Broker):
                     refused.append(d.id)
         return refused
 
-    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> bool:
         with self._lock:
             rec = self._owned(delivery)
             if rec is None:
-                return
+                return False
             rec.eta, rec.failure, rec.redelivery = retry_at, failure, ""
             self._place(rec, time.time())
         self._wake()
+        return True
 
     async def release(
         self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
@@ -195,13 +196,14 @@ class MemoryBroker(Broker):
                     self._place(rec, now)
         self._wake()
 
-    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> bool:
         with self._lock:
             rec = self._owned(delivery)
             if rec is None:
-                return
+                return False
             rec.state, rec.reason, rec.failure = "dead", reason, failure
             rec.dead_at, rec.token = time.time(), ""
+        return True
 
     async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
         until = time.time() + visibility_timeout

@@ -286,12 +286,12 @@ class PostgresBroker(Broker):
 
         return await self._retrying(delete)
 
-    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> bool:
         f = failure or Failure()
-        await self._notifying(self.sql.nack, {
+        return bool(await self._notifying(self.sql.nack, {
             "now": time.time(), "retry_at": retry_at, "etype": f.type, "emsg": f.message,
             "tb": f.traceback, "id": delivery.id, "token": delivery.lease_token,
-        })
+        }))
 
     async def release(
         self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
@@ -302,12 +302,12 @@ class PostgresBroker(Broker):
                 "refunded": MAX_REFUNDED_INTERRUPTIONS, **self._pairs(deliveries),
             })
 
-    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> bool:
         f = failure or Failure()
-        await self._run(self.sql.dead, {
+        return await self._run(self.sql.dead, {
             "reason": reason, "etype": f.type, "emsg": f.message, "tb": f.traceback,
             "now": time.time(), "id": delivery.id, "token": delivery.lease_token,
-        })
+        }) > 0
 
     async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
         if not deliveries:

@@ -192,10 +192,11 @@ class RedisBroker(Broker):
             return []
         return [_s(i) for i in await self._run("ACK", *_pairs(deliveries))]
 
-    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> bool:
         f = failure or Failure()
-        await self._run("NACK", repr(time.time()), delivery.id, delivery.lease_token,
-                        repr(float(retry_at)), f.type, f.message, f.traceback)
+        applied: int = await self._run("NACK", repr(time.time()), delivery.id, delivery.lease_token,
+                                       repr(float(retry_at)), f.type, f.message, f.traceback)
+        return applied == 1
 
     async def release(
         self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
@@ -204,10 +205,11 @@ class RedisBroker(Broker):
             await self._run("RELEASE", repr(time.time()), reason, "1" if interrupted else "0",
                             MAX_REFUNDED_INTERRUPTIONS, *_pairs(deliveries))
 
-    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> bool:
         f = failure or Failure()
-        await self._run("DEAD", repr(time.time()), delivery.id, delivery.lease_token, reason,
-                        f.type, f.message, f.traceback)
+        applied: int = await self._run("DEAD", repr(time.time()), delivery.id, delivery.lease_token, reason,
+                                       f.type, f.message, f.traceback)
+        return applied == 1
 
     async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
         if not deliveries:

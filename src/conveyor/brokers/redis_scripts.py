@@ -238,6 +238,7 @@ return refused
 """
 
 # ARGV: prefix, now, id, token, retry_at, error type, error message, traceback.
+# Returns 1 when applied, 0 when the lease-token check refused it (the lease was lost).
 NACK = _PRELUDE + """
 local id = ARGV[3]
 local q = owned(id, ARGV[4])
@@ -281,6 +282,7 @@ return 0
 """
 
 # ARGV: prefix, now, id, token, reason, error type, error message, traceback.
+# Returns 1 when applied, 0 when the lease-token check refused it.
 DEAD = _PRELUDE + """
 local id = ARGV[3]
 local q = owned(id, ARGV[4])

@@ -238,18 +238,18 @@ class SQLiteBroker(Broker):
 
         return await self._tx(delete)
 
-    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> None:
+    async def nack(self, delivery: Delivery, retry_at: float, failure: Failure | None = None) -> bool:
         f = failure or Failure()
 
-        def back(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def back(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
                 "UPDATE conveyor_jobs SET state = 0, eta = ?, lease_until = NULL, lease_token = NULL,"
                 " redelivery = '', error_type = ?, error_message = ?, traceback = ?"
                 " WHERE id = ? AND lease_token = ? AND state = 1",
                 (retry_at, f.type, f.message, f.traceback, delivery.id, delivery.lease_token),
-            )
+            ).rowcount > 0
 
-        await self._tx(back)
+        return await self._tx(back)
 
     async def release(
         self, deliveries: Sequence[Delivery], reason: str = WORKER_SHUTDOWN, *, interrupted: bool = False
@@ -269,18 +269,18 @@ class SQLiteBroker(Broker):
 
         await self._tx(give_back)
 
-    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> None:
+    async def dead(self, delivery: Delivery, reason: str, failure: Failure | None = None) -> bool:
         f = failure or Failure()
 
-        def bury(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def bury(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
                 "UPDATE conveyor_jobs SET state = 2, reason = ?, error_type = ?, error_message = ?,"
                 " traceback = ?, dead_at = ?, lease_until = NULL, lease_token = NULL"
                 " WHERE id = ? AND lease_token = ? AND state = 1",
                 (reason, f.type, f.message, f.traceback, time.time(), delivery.id, delivery.lease_token),
-            )
+            ).rowcount > 0
 
-        await self._tx(bury)
+        return await self._tx(bury)
 
     async def extend(self, deliveries: Sequence[Delivery], visibility_timeout: float) -> list[str]:
         until = time.time() + visibility_timeout

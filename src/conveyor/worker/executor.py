@@ -266,11 +266,14 @@ class Executor:
             return
         retry_at = time.time() + decision.delay
         try:
-            await self.broker.nack(d, retry_at, _failure(info))
+            applied = await self.broker.nack(d, retry_at, _failure(info))
         except BaseException as err:
             if cancelled_by_worker(err):
                 raise
             self.report(d, job.type, "nack", err, "its lease will expire and it will run again")
+            return
+        if not applied:
+            self._refused(d, job.type, "nack", "retry")
             return
         self.on_retry(retry_at)
         self.counters.retried += 1
@@ -313,13 +316,25 @@ class Executor:
     async def _bury(self, d: Delivery, job: Job | None, reason: str, info: ErrorInfo) -> None:
         job_type = job.type if job else d.type
         try:
-            await self.broker.dead(d, reason, _failure(info))
+            applied = await self.broker.dead(d, reason, _failure(info))
         except BaseException as err:
             if cancelled_by_worker(err):
                 raise
             self.report(d, job_type, "dead", err, f"could not dead-letter it ({reason}); its lease will expire")
             return
+        if not applied:
+            self._refused(d, job_type, "dead", f"dead-letter ({reason})")
+            return
         self.counters.dead += 1
         log.warning("job %s (%s) dead-lettered: %s: %s", d.id, job_type, reason, info.message)
         if self.bus.wants(sig.JOB_DEAD):
             self._emit(sig.JOB_DEAD, d, job_type, reason=reason, error=info)
+
+    def _refused(self, d: Delivery, job_type: str, detected_by: str, what: str) -> None:
+        """The broker refused to settle a failed attempt (``nack`` or ``dead``): its lease was lost."""
+        log.warning(
+            "job %s (%s) attempt %d lost its lease before it was settled; the %s was refused"
+            " (another worker may run the job)",
+            d.id, job_type, d.attempts, what, extra=log_fields(d, job_type, self.worker_id),
+        )
+        self.on_lease_lost(d, detected_by)

@@ -412,7 +412,7 @@ class Worker:
         if self._buffered.get(d.id) is d:
             del self._buffered[d.id]
             self._renewed.pop(d.id, None)
-        if detected_by == "extend":  # a refused ack has a log line of its own
+        if detected_by == "extend":  # a refused ack, nack or dead has a log line of its own
             log.warning(
                 "job %s (%s) attempt %d lost its lease: the heartbeat could not renew it; %s",
                 d.id, d.type, d.attempts,
