@@ -141,8 +141,7 @@ class ThreadRunner(Generic[T]):
         c = _Call(self._loop.create_future(), contextvars.copy_context(), fn, timeout, tag)
         if timeout is not None:
             c.timer = self._loop.call_later(timeout, self._expire, c)
-        with self._lock:
-            self._queued[c] = None
+        self._queued[c] = None  # only this loop's thread adds; threads remove under the lock
         self._calls.put(c)
         try:
             return await c.fut
@@ -220,11 +219,14 @@ class ThreadRunner(Generic[T]):
         with self._lock:
             self._done.append(item)
             first = len(self._done) == 1
-        if first:
-            try:
-                self._loop.call_soon_threadsafe(self._collect)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return False
+        return self._wake() if first else True
+
+    def _wake(self) -> bool:
+        """Have the loop collect what is done; False when the loop is closed."""
+        try:
+            self._loop.call_soon_threadsafe(self._collect)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            return False
         return True
 
     def _serve(self) -> None:
@@ -253,7 +255,7 @@ class ThreadRunner(Generic[T]):
             except BaseException as exc:  # handed to the awaiting coroutine
                 ok, value = False, exc
             kind, retire = _RESULT, False
-            with self._lock:
+            with self._lock:  # one critical section: settle the call and queue its result
                 if c.state == _STUCK:
                     del self._stuck[c]
                     # Retire if the replacements alone now keep the pool at its size.
@@ -262,7 +264,9 @@ class ThreadRunner(Generic[T]):
                         self._replacements -= 1
                     kind, value = _RETURNED, self._report(c, len(self._stuck), self._short(), retire)
                 c.state = _DONE
-            if not self._post((kind, c, ok, value)) or retire:
+                self._done.append((kind, c, ok, value))
+                first = len(self._done) == 1
+            if (first and not self._wake()) or retire:
                 return
 
     def stop(self) -> None:
