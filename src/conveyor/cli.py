@@ -19,9 +19,9 @@ import click
 from .app import App
 from .errors import ConveyorError, ServiceUnavailable
 from .worker import Worker, WorkerConfig, WorkerResult
+from .worker.cancel import cancel_all
 
 T = TypeVar("T")
-log = logging.getLogger("conveyor.cli")
 
 #: Seconds :func:`run_to_end` gives tasks still running when the worker has returned.
 LEFT_TASKS_TIMEOUT = 1.0
@@ -274,13 +274,7 @@ def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.set_event_loop(loop)
         result = loop.run_until_complete(coro)
-        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for task in left:
-            task.cancel()
-        if left:
-            _, pending = loop.run_until_complete(asyncio.wait(left, timeout=LEFT_TASKS_TIMEOUT))
-            if pending:
-                log.error("%d task(s) ignored cancellation; exiting without them", len(pending))
+        loop.run_until_complete(cancel_all(asyncio.all_tasks(loop), LEFT_TASKS_TIMEOUT))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
         return result

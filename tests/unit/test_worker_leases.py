@@ -21,6 +21,7 @@ from conveyor import App, Worker, WorkerConfig
 from conveyor.brokers import WORKER_SHUTDOWN, Delivery
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.testing import CapturedSignals, capture_signals
+from conveyor.worker.cancel import CANCEL_TIMEOUT
 from conveyor.worker.runtime import WorkerResult
 
 VT = 0.3  # the heartbeat renews every VT / 3 seconds
@@ -176,8 +177,6 @@ async def test_a_job_acked_while_its_lease_was_being_renewed_is_not_reported_los
 
 
 async def test_a_handler_that_swallows_cancellation_cannot_keep_the_worker_from_stopping(app: App) -> None:
-    from conveyor.worker import runtime
-
     started, give_in = asyncio.Event(), asyncio.Event()
 
     @app.job
@@ -193,7 +192,7 @@ async def test_a_handler_that_swallows_cancellation_cannot_keep_the_worker_from_
     await asyncio.wait_for(started.wait(), 10)
     worker.request_stop()
     try:
-        result = await asyncio.wait_for(task, runtime.CANCEL_TIMEOUT + 10)
+        result = await asyncio.wait_for(task, CANCEL_TIMEOUT + 10)
     finally:
         give_in.set()  # the left-behind task ends, so the test's loop can close
     assert (result.reason, result.abandoned) == ("shutdown_timeout", 1)

@@ -59,8 +59,8 @@ class Counters:
     """Finished jobs whose ack was refused: their lease was lost, another worker may run them."""
 
 
-def log_fields(d: Delivery, job_type: str, worker_id: str) -> dict[str, Any]:
-    """The job context of a log line about ``d`` (lifted to the top level of JSON logs)."""
+def job_context(d: Delivery, job_type: str, worker_id: str) -> dict[str, Any]:
+    """The keys every job signal and job log line carry about ``d`` (lifted to the top level of JSON logs)."""
     return {"job_id": d.id, "job_type": job_type, "queue": d.queue, "attempt": d.attempts, "worker_id": worker_id}
 
 
@@ -209,7 +209,7 @@ class Executor:
             log.warning(
                 "job %s (%s) attempt %d finished after its lease was lost; the ack was refused"
                 " (another worker may run the job)",
-                d.id, job_type, d.attempts, extra=log_fields(d, job_type, self.worker_id),
+                d.id, job_type, d.attempts, extra=job_context(d, job_type, self.worker_id),
             )
             self.on_lease_lost(d, "ack")
             if self.bus.wants(sig.JOB_ACK_REFUSED):
@@ -282,10 +282,7 @@ class Executor:
 
     def _emit(self, signal: sig.Signal, d: Delivery, job_type: str, **attrs: Any) -> None:
         """Emit a job signal with the attributes every job signal carries; never raises."""
-        self._emit_quietly(
-            signal, d, job_type,
-            job_id=d.id, job_type=job_type, queue=d.queue, attempt=d.attempts, worker_id=self.worker_id, **attrs,
-        )
+        self._emit_quietly(signal, d, job_type, **job_context(d, job_type, self.worker_id), **attrs)
 
     def emit_worker(self, d: Delivery, signal: sig.Signal, **attrs: Any) -> None:
         """Emit a worker signal (busy, idle) around delivery ``d``; never raises."""
@@ -300,7 +297,7 @@ class Executor:
 
     def report(self, d: Delivery, job_type: str, stage: str, exc: BaseException, outcome: str) -> None:
         """Log and emit ``worker.error``: conveyor's own code failed at ``stage`` around ``d``."""
-        context = log_fields(d, job_type, self.worker_id)
+        context = job_context(d, job_type, self.worker_id)
         log.error(
             "worker %s: %s failed for job %s (%s, queue %s, attempt %d); %s",
             self.worker_id, stage, d.id, job_type, d.queue, d.attempts, outcome,
@@ -335,6 +332,6 @@ class Executor:
         log.warning(
             "job %s (%s) attempt %d lost its lease before it was settled; the %s was refused"
             " (another worker may run the job)",
-            d.id, job_type, d.attempts, what, extra=log_fields(d, job_type, self.worker_id),
+            d.id, job_type, d.attempts, what, extra=job_context(d, job_type, self.worker_id),
         )
         self.on_lease_lost(d, detected_by)

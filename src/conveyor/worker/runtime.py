@@ -19,7 +19,8 @@ from ..brokers.display import display_url
 from ..errors import ConfigError
 from ..registry import check_name
 from .acker import Acker
-from .executor import Counters, Executor, JobRef, cancelled_by_worker, log_fields
+from .cancel import cancel_all
+from .executor import Counters, Executor, JobRef, cancelled_by_worker, job_context
 from .stuck import StuckReporter
 from .threads import StuckThread, ThreadRunner
 
@@ -127,7 +128,7 @@ class Worker:
         self._reason = "stopped"
         self._threads: ThreadRunner[JobRef] | None = None
         self._left_behind: set[asyncio.Task[Any]] = set()
-        """Tasks that ignored cancellation for :data:`CANCEL_TIMEOUT` (logged); not awaited again."""
+        """Tasks that ignored :func:`~conveyor.worker.cancel.cancel_all` (logged); not awaited again."""
 
     # -- control --------------------------------------------------------------
     def request_stop(self, reason: str = "signal") -> None:
@@ -238,7 +239,7 @@ class Worker:
             await self._fetch(broker, buffer, slot_freed)
             abandoned = await self._shutdown(broker, buffer, consumers, acker, threads)
         finally:
-            await _cancel_all([t for t in (*consumers, *background) if t not in self._left_behind])
+            await cancel_all([t for t in (*consumers, *background) if t not in self._left_behind])
             threads.stop()
             emit(sig.WORKER_STOPPED, worker_id=self.id, reason=self._reason)
             await self.app.bus.drain()
@@ -333,7 +334,7 @@ class Worker:
             log.warning("requeueing %d running jobs (%s)", len(stragglers), self._reason)
             # Settle them before they go back: a sync call still waiting for a thread never starts.
             waiting = {ref.id for ref in threads.give_up_waiting()}
-            self._left_behind |= await _cancel_all(consumers)
+            self._left_behind |= await cancel_all(consumers)
             await acker.flush()  # a job that finished meanwhile is acked, and its release below is a no-op
             never_began = [d for d in stragglers if d.id in waiting]
             started = [d for d in stragglers if d.id not in waiting]
@@ -418,18 +419,11 @@ class Worker:
                 d.id, d.type, d.attempts,
                 "it runs on, its ack will be refused and another worker may run it" if started
                 else "it will not run here",
-                extra=log_fields(d, d.type, self.id),
+                extra=job_context(d, d.type, self.id),
             )
         if self.app.bus.wants(sig.JOB_LEASE_LOST):
             self.app.bus.emit(
-                sig.JOB_LEASE_LOST,
-                job_id=d.id,
-                job_type=d.type,
-                queue=d.queue,
-                attempt=d.attempts,
-                worker_id=self.id,
-                detected_by=detected_by,
-                started=started,
+                sig.JOB_LEASE_LOST, **job_context(d, d.type, self.id), detected_by=detected_by, started=started
             )
 
     async def _housekeeping(self, broker: Broker) -> None:
@@ -456,37 +450,6 @@ class Worker:
                         oldest_age=s.oldest_age_s,
                     )
             await asyncio.sleep(min(c.rescue_interval, c.stats_interval, 1.0))
-
-
-#: Seconds the worker keeps cancelling its own tasks at exit before it leaves one behind.
-CANCEL_TIMEOUT = 5.0
-
-
-async def _cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Cancel the worker's tasks and wait for them, re-cancelling any that swallowed it.
-
-    A library can swallow a cancellation (redis-py can, while a command is on the
-    wire): one cancel and a plain ``gather`` would then wait for ever. Each task is
-    cancelled again until it ends; one still running after :data:`CANCEL_TIMEOUT`
-    is logged and left behind (and returned), so the worker always stops.
-    """
-    pending = {t for t in tasks if not t.done()}
-    deadline = time.monotonic() + CANCEL_TIMEOUT
-    while pending:
-        for task in pending:
-            task.cancel()
-        left = deadline - time.monotonic()
-        if left <= 0:
-            log.error(
-                "worker tasks %s ignored cancellation for %.0fs; stopping without them",
-                ", ".join(sorted(t.get_name() for t in pending)), CANCEL_TIMEOUT,
-            )
-            return pending
-        _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
-    for task in tasks:  # retrieve outcomes so none is reported as never retrieved
-        if not task.cancelled():
-            task.exception()
-    return set()
 
 
 async def _quietly(awaitable: Awaitable[T], what: str) -> T | None:
