@@ -136,20 +136,6 @@ async def test_unknown_type_and_undecodable_go_to_the_dlq_and_the_worker_continu
     assert "ghost" in letters[ghost_id].error_message
 
 
-async def test_a_job_redelivered_past_max_attempts_is_dead_lettered(app: App) -> None:
-    @app.job(max_attempts=1)
-    async def fragile() -> None: ...
-
-    broker = await app.broker()
-    job_id = await fragile.send_async()
-    await broker.lease(["default"], 1, 0.05)  # a worker took it and died
-    await asyncio.sleep(0.1)
-    assert await broker.rescue() == [job_id]
-    await run_until_idle_async(app)
-    [dead] = await broker.dlq_list()
-    assert dead.reason == "max_attempts_exceeded" and "lease_expired" in dead.error_message
-
-
 def test_burst_waits_for_its_own_retries(app: App) -> None:
     attempts: list[int] = []
 

@@ -343,6 +343,7 @@ async def test_a_job_whose_lease_expired_on_its_last_attempt_says_the_worker_was
     [dead] = await broker.dlq_list()
     assert dead.reason == "max_attempts_exceeded" and dead.error_type == "LeaseExpired"
     assert "was lost" in dead.error_message and "lease expired" in dead.error_message
+    assert "lease_expired" in dead.error_message  # the redelivery reason, by its name
 
 
 @pytest.mark.parametrize(

@@ -8,26 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import App
-from conveyor.history import History, WorkerRecord, history_of, queue_consumers
-from conveyor.monitor import AlertManager, HealthMonitor, HealthReport, MonitorConfig, Notification
+from conveyor.history import WorkerRecord, queue_consumers
+from conveyor.monitor import HealthReport
+
+from .test_health import Env as MonitorEnv
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.got: list[Notification] = []
+class Env(MonitorEnv):
+    """The monitor's test app, with a job on the ``reports`` queue and hand-written heartbeats."""
 
-    def send(self, notification: Notification) -> None:
-        self.got.append(notification)
-
-
-class Env:
     def __init__(self, tmp_path: Path, history: bool = True) -> None:
-        extensions = [History(flush_interval=0.05, heartbeat_interval=1.0)] if history else []
-        self.app = App(f"sqlite:///{tmp_path / 'q.db'}", extensions=extensions)
-        self.sink = Sink()
-        config = MonitorConfig(interval=1.0, cooldown=60.0)
-        self.monitor = HealthMonitor(self.app, config, AlertManager([self.sink], cooldown=60.0))
+        super().__init__(tmp_path, history=history)
 
         @self.app.job(name="reports.build")
         def build(n: int) -> None:
@@ -37,24 +28,14 @@ class Env:
 
     def heartbeat(self, worker_id: str, queues: list[str], age: float = 0.1, stopped: bool = False) -> None:
         now = time.time()
-        store = history_of(self.app).store
-        store.heartbeat(
+        self.store.heartbeat(
             WorkerRecord(
                 id=worker_id, host="h", pid=4242, queues=queues, concurrency=2, started_at=now - 600,
                 last_heartbeat=now - age, heartbeat_interval=1.0,
             )
         )  # fmt: skip
         if stopped:
-            store.worker_stopped(worker_id, now, "signal")
-
-    def evaluate(self) -> HealthReport:
-        report: HealthReport = self.app.run(lambda _b: self.monitor.evaluate())
-        return report
-
-    def close(self) -> None:
-        for ext in self.app.extensions:
-            ext.close()  # type: ignore[attr-defined]
-        self.app.close()
+            self.store.worker_stopped(worker_id, now, "signal")
 
 
 @pytest.fixture
