@@ -49,7 +49,8 @@ def scenario(tmp_path: Path) -> Iterator[Scenario]:
 
 
 def test_a_sigkilled_worker_is_alerted_once_then_marked_lost_and_health_recovers(scenario: Scenario) -> None:
-    scenario.worker("--processes", "2", "-c", "1", "--visibility-timeout", "2")
+    # The lease outlives the stall alert by a margin, so the alert still finds the job unrescued.
+    scenario.worker("--processes", "2", "-c", "1", "--visibility-timeout", "5")
     ran = scenario.dir / "ran"
 
     def runs() -> list[int]:
